@@ -1,0 +1,32 @@
+# Quick start: `make demo` (train on the embedded digits data) and `make test`.
+# Both create .venv on first use and reuse it afterwards.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# torch/torchvision are installed first at versions this machine class carries; override on other
+# hosts, e.g. `make TORCH_SPEC="torch torchvision" test`.
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+
+.PHONY: venv demo test bench clean
+
+$(VENV)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet $(TORCH_SPEC)
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+demo: venv
+	$(PY) -m domainbed.scripts.demo --output_dir demo_output
+
+test: venv
+	$(PY) -m pytest -q
+
+bench: venv
+	$(PY) benchmarks/bench_moe_layer.py
+	$(PY) benchmarks/bench_vs_mixture_of_experts.py
+	$(PY) benchmarks/bench_gmoe_step.py
+
+clean:
+	rm -rf $(VENV) demo_output

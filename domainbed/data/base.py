@@ -1,0 +1,131 @@
+"""The base class every dataset shares: a list of per-environment datasets plus DomainBed's metadata.
+
+Environment datasets yield *raw* items ``(x_raw, y)``; the training code applies
+``train_transform(env_index)`` or ``eval_transform`` itself, so one environment can be read
+with augmentation (its "in" split while training) and without (every split when evaluating).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import torch
+from torch.utils.data import Dataset
+
+Transform = Callable[[Any], torch.Tensor]
+
+
+class MultipleDomainDataset:
+    """A dataset made of environments (domains); ``ds[i]`` is environment ``i``."""
+
+    ENVIRONMENTS: list[str] = []
+    N_STEPS = 5001  # default number of training steps (DomainBed)
+    CHECKPOINT_FREQ = 100  # default steps between evaluations (DomainBed)
+    N_WORKERS = 8  # default DataLoader workers; in-memory tensor datasets use 0
+
+    def __init__(self, root: str, test_envs: Sequence[int], hparams: dict | None = None) -> None:
+        self.root = root
+        self.hparams = dict(hparams or {})
+        self.test_envs = check_test_envs(type(self).__name__, self.ENVIRONMENTS, test_envs)
+        self.datasets: list[Dataset] = []
+        self.input_shape: tuple[int, int, int] = (0, 0, 0)
+        self.num_classes = 0
+
+    @property
+    def environment_names(self) -> list[str]:
+        return list(self.ENVIRONMENTS)
+
+    @property
+    def data_augmentation(self) -> bool:
+        return bool(self.hparams.get("data_augmentation", True))
+
+    @property
+    def eval_transform(self) -> Transform:
+        """Deterministic x_raw -> float tensor of shape ``input_shape``."""
+        raise NotImplementedError
+
+    def train_transform(self, env_index: int) -> Transform:
+        """The transform for training items of ``env_index``: augmentation unless disabled or a test env."""
+        return self.eval_transform
+
+    def __getitem__(self, index: int) -> Dataset:
+        return self.datasets[index]
+
+    def __len__(self) -> int:
+        return len(self.datasets)
+
+    def __repr__(self) -> str:
+        sizes = ", ".join(f"{name}: {len(env)}" for name, env in zip(self.ENVIRONMENTS, self.datasets))
+        return f"{type(self).__name__}({sizes}; classes={self.num_classes}, input_shape={self.input_shape})"
+
+
+def check_test_envs(dataset_name: str, environments: Sequence[str], test_envs: Sequence[int]) -> list[int]:
+    """Reject test environment indices the dataset does not have, naming the valid ones."""
+    test_envs = [int(e) for e in (test_envs or [])]
+    valid = ", ".join(f"{i}={name}" for i, name in enumerate(environments))
+    for env in test_envs:
+        if not 0 <= env < len(environments):
+            raise ValueError(
+                f"test env {env} out of range for {dataset_name}, which has {len(environments)} "
+                f"environments ({valid}); pass --test_envs with indices from that list"
+            )
+    return test_envs
+
+
+class TensorEnvironment(Dataset):
+    """One environment held in memory: items are ``(image tensor [C,H,W], int label)``."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        if len(images) != len(labels):
+            raise ValueError(f"{len(images)} images but {len(labels)} labels")
+        self.images = images
+        self.labels = labels.long()
+
+    @property
+    def targets(self) -> list[int]:
+        return self.labels.tolist()
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.images[index], int(self.labels[index])
+
+
+class TensorDomainDataset(MultipleDomainDataset):
+    """Base for in-memory tensor datasets: no augmentation (as DomainBed), no loader workers."""
+
+    N_WORKERS = 0  # items are tensor slices; worker processes would only add start-up cost
+
+    @property
+    def eval_transform(self) -> Transform:
+        from .transforms import identity
+
+        return identity
+
+    def train_transform(self, env_index: int) -> Transform:
+        return self.eval_transform
+
+
+class ImageDomainDataset(MultipleDomainDataset):
+    """Base for datasets of PIL images: square ``image_size`` inputs (hparam, default 224), ImageNet statistics."""
+
+    def __init__(self, root: str, test_envs: Sequence[int], hparams: dict | None = None) -> None:
+        from .transforms import image_eval_transform, image_size_from, image_train_transform
+
+        super().__init__(root, test_envs, hparams)
+        self.image_size = image_size_from(self.hparams)
+        self.input_shape = (3, self.image_size, self.image_size)
+        self._eval_transform = image_eval_transform(self.image_size)
+        self._train_transform = image_train_transform(self.image_size)
+
+    @property
+    def eval_transform(self) -> Transform:
+        return self._eval_transform
+
+    def train_transform(self, env_index: int) -> Transform:
+        if not 0 <= env_index < len(self.ENVIRONMENTS):
+            raise ValueError(f"environment index {env_index} out of range for {type(self).__name__}")
+        if self.data_augmentation and env_index not in self.test_envs:
+            return self._train_transform
+        return self._eval_transform

@@ -1,0 +1,141 @@
+"""Image-folder datasets (VLCS, PACS, OfficeHome, TerraIncognita, DomainNet, SVIRO).
+
+Layout (DomainBed's): ``<data_dir>/<FOLDER>/<environment>/<class>/<image>``. Environments are
+the dataset's known environment folders in sorted order; extra sub-folders are ignored.
+``root`` may be the data directory or the dataset folder itself (whatever it is named).
+
+Classes are the sorted union of class folders over all environments, so a class missing from
+one environment cannot shift the label indices of the others.
+
+Images are opened lazily (construction only lists files). A corrupt or unreadable image raises
+a ValueError naming the file when it is first read, instead of validating hundreds of
+thousands of files up front.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+from PIL import Image
+from torchvision.datasets import DatasetFolder
+from torchvision.datasets.folder import IMG_EXTENSIONS
+
+from .base import ImageDomainDataset
+
+
+def load_rgb_image(path: str) -> Image.Image:
+    """Open an image as RGB, or fail with a message naming the file and the fix."""
+    try:
+        with open(path, "rb") as handle:
+            return Image.open(handle).convert("RGB")
+    except (OSError, SyntaxError, ValueError) as exc:  # PIL reports corrupt files as OSError/SyntaxError
+        raise ValueError(
+            f"cannot read image {path} ({type(exc).__name__}: {exc}); delete or replace it, or re-download the dataset"
+        ) from exc
+
+
+def _subfolders(path: str) -> list[str]:
+    return sorted(e.name for e in os.scandir(path) if e.is_dir() and not e.name.startswith("."))
+
+
+class ImageFolderEnvironment(DatasetFolder):
+    """One environment folder; labels index the dataset-wide ``classes`` list. Items are ``(PIL image, int)``."""
+
+    def __init__(self, root: str, classes: Sequence[str]) -> None:
+        self._all_classes = list(classes)
+        super().__init__(root, loader=load_rgb_image, extensions=IMG_EXTENSIONS, allow_empty=True)
+
+    def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
+        return self._all_classes, {name: index for index, name in enumerate(self._all_classes)}
+
+
+class ImageFolderDataset(ImageDomainDataset):
+    """A dataset whose environments are ImageFolders under one dataset folder."""
+
+    FOLDER = ""  # folder name under the data directory (DomainBed's)
+    ENV_FOLDERS: list[str] = []  # environment folder names, sorted; ENVIRONMENTS are their short names
+    CHECKPOINT_FREQ = 300
+
+    def __init__(self, root: str, test_envs: Sequence[int], hparams: dict | None = None) -> None:
+        super().__init__(root, test_envs, hparams)
+        self.dataset_dir = self._resolve_dataset_dir(str(root))
+        env_dirs = [os.path.join(self.dataset_dir, folder) for folder in self.ENV_FOLDERS]
+        self.classes = sorted(set().union(*(_subfolders(d) for d in env_dirs)))
+        self.datasets = []
+        for env_dir in env_dirs:
+            environment = ImageFolderEnvironment(env_dir, self.classes)
+            if len(environment) == 0:
+                raise ValueError(
+                    f"{type(self).__name__} environment folder {env_dir} contains no images "
+                    f"(expected {env_dir}/<class>/<image file>); re-download: {self._download_hint(str(root))}"
+                )
+            self.datasets.append(environment)
+        self.num_classes = len(self.classes)
+
+    def _resolve_dataset_dir(self, root: str) -> str:
+        """The folder holding the environment folders: ``root/FOLDER``, ``root/<class name>`` or ``root``."""
+        name = type(self).__name__
+        candidates = [os.path.join(root, self.FOLDER), os.path.join(root, name), root]
+        for candidate in candidates:
+            if all(os.path.isdir(os.path.join(candidate, env)) for env in self.ENV_FOLDERS):
+                return candidate
+        for candidate in candidates:
+            present = [env for env in self.ENV_FOLDERS if os.path.isdir(os.path.join(candidate, env))]
+            if present:
+                missing = [env for env in self.ENV_FOLDERS if env not in present]
+                raise FileNotFoundError(
+                    f"{name} at {candidate} is missing environment folder(s) {', '.join(missing)}; "
+                    f"download it again: {self._download_hint(root)}"
+                )
+        raise FileNotFoundError(
+            f"{name} not found: expected {os.path.join(root, self.FOLDER)}/ with folders "
+            f"{', '.join(self.ENV_FOLDERS)}; download it: {self._download_hint(root)}"
+        )
+
+    def _download_hint(self, root: str) -> str:
+        """The download command; ``root`` given as the dataset folder itself means its parent is the data dir."""
+        data_dir = root
+        trimmed = os.path.normpath(root)
+        if os.path.basename(trimmed) in (self.FOLDER, type(self).__name__) or any(
+            os.path.isdir(os.path.join(root, env)) for env in self.ENV_FOLDERS
+        ):
+            data_dir = os.path.dirname(trimmed) or "."
+        return f"python -m domainbed.scripts.download --data_dir {data_dir} --datasets {type(self).__name__}"
+
+
+class VLCS(ImageFolderDataset):
+    FOLDER = "VLCS"
+    ENV_FOLDERS = ["Caltech101", "LabelMe", "SUN09", "VOC2007"]
+    ENVIRONMENTS = ["C", "L", "S", "V"]
+
+
+class PACS(ImageFolderDataset):
+    FOLDER = "PACS"
+    ENV_FOLDERS = ["art_painting", "cartoon", "photo", "sketch"]
+    ENVIRONMENTS = ["A", "C", "P", "S"]
+
+
+class OfficeHome(ImageFolderDataset):
+    FOLDER = "office_home"
+    ENV_FOLDERS = ["Art", "Clipart", "Product", "Real World"]
+    ENVIRONMENTS = ["A", "C", "P", "R"]
+
+
+class TerraIncognita(ImageFolderDataset):
+    FOLDER = "terra_incognita"
+    ENV_FOLDERS = ["location_100", "location_38", "location_43", "location_46"]
+    ENVIRONMENTS = ["L100", "L38", "L43", "L46"]
+
+
+class DomainNet(ImageFolderDataset):
+    FOLDER = "domain_net"
+    ENV_FOLDERS = ["clipart", "infograph", "painting", "quickdraw", "real", "sketch"]
+    ENVIRONMENTS = ["clip", "info", "paint", "quick", "real", "sketch"]
+    CHECKPOINT_FREQ = 1000
+
+
+class SVIRO(ImageFolderDataset):
+    FOLDER = "sviro"
+    ENV_FOLDERS = ["aclass", "escape", "hilux", "i3", "lexus", "tesla", "tiguan", "tucson", "x5", "zoe"]
+    ENVIRONMENTS = list(ENV_FOLDERS)

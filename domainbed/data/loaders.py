@@ -1,0 +1,92 @@
+"""Loaders whose batches are a pure function of (seed, step).
+
+Training batches are drawn from per-epoch seeded permutations, so the batch of step ``s`` is the same
+whether a run went straight through or was resumed from a checkpoint, and a batch larger than its
+split simply wraps into the next epoch instead of hanging (DomainBed's loader hangs there). Each
+example also carries its own augmentation seed, so random augmentation is reproducible too, with or
+without worker processes.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterator
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from ..seeding import seed_hash
+
+
+class SeededTransform(Dataset):
+    """Apply ``transform`` to ``dataset[i]``'s input under a per-example seed, without touching the
+    caller's global RNG. Items are addressed as ``(index, seed)`` pairs (see ``StepBatchSampler``)
+    or as plain indices (deterministic transforms, evaluation)."""
+
+    def __init__(self, dataset: Dataset, transform: Callable | None):
+        self.dataset = dataset
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        index, seed = key if isinstance(key, tuple) else (key, None)
+        x, y = self.dataset[index]
+        if self.transform is not None:
+            if seed is None:
+                x = self.transform(x)
+            else:
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(seed)
+                    x = self.transform(x)
+        return x, y
+
+
+class StepBatchSampler(Sampler):
+    """Infinite batches of ``(index, augmentation_seed)``; the batch of step ``s`` depends only on
+    ``(seed, s)``. Start at ``start_step`` to resume."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, start_step: int = 0):
+        if n == 0:
+            raise ValueError("cannot draw training batches from an empty split")
+        self.n, self.batch_size, self.seed, self.start_step = n, batch_size, seed, start_step
+
+    def _permutation(self, epoch: int) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(seed_hash(self.seed, epoch))
+        return torch.randperm(self.n, generator=generator)
+
+    def batch(self, step: int) -> list[tuple[int, int]]:
+        first = step * self.batch_size
+        out = []
+        epoch, perm = -1, None
+        for position in range(first, first + self.batch_size):
+            if position // self.n != epoch:
+                epoch = position // self.n
+                perm = self._permutation(epoch)
+            out.append((int(perm[position % self.n]), seed_hash(self.seed, "aug", position)))
+        return out
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        step = self.start_step
+        while True:
+            yield self.batch(step)
+            step += 1
+
+
+def train_loader(dataset: Dataset, transform: Callable | None, batch_size: int, seed: int,
+                 start_step: int = 0, num_workers: int = 0, pin_memory: bool = False) -> Iterator:
+    """An endless iterator over training batches ``(x, y)`` starting at ``start_step``."""
+    sampler = StepBatchSampler(len(dataset), batch_size, seed, start_step)
+    loader = DataLoader(SeededTransform(dataset, transform), batch_sampler=sampler,
+                        num_workers=num_workers, pin_memory=pin_memory,
+                        persistent_workers=num_workers > 0,
+                        generator=torch.Generator().manual_seed(seed))
+    return iter(loader)
+
+
+def eval_loader(dataset: Dataset, transform: Callable | None, batch_size: int,
+                num_workers: int = 0, pin_memory: bool = False) -> DataLoader:
+    """One ordered pass over ``dataset`` with the deterministic evaluation transform."""
+    return DataLoader(SeededTransform(dataset, transform), batch_size=batch_size, shuffle=False,
+                      num_workers=num_workers, pin_memory=pin_memory,
+                      generator=torch.Generator().manual_seed(0))

@@ -1,0 +1,126 @@
+"""Loading the per-checkpoint records that training writes, and grouping them.
+
+A record is one line of a run's ``results.jsonl``: a plain dict with ``args``, ``hparams``,
+``step`` and ``env{i}_{in,out}_acc`` keys. Records stay plain dicts so that the selection rules
+read like the protocol; unknown keys (``routing``, loss names, ...) are carried along untouched.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Hashable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+RESULTS_FILE = "results.jsonl"
+DONE_FILE = "done"
+# args every record must carry to take part in model selection
+REQUIRED_ARGS = ("dataset", "algorithm", "test_envs", "trial_seed", "hparams_seed")
+
+Record = dict[str, Any]
+
+
+@dataclass
+class LoadedRecords:
+    """Records of every run found, plus counts worth telling the user about."""
+
+    records: list[Record]
+    n_runs: int  # results.jsonl files read
+    n_incomplete_runs: int  # runs without a ``done`` file (their records are still used)
+    n_skipped_lines: int  # torn or unusable lines that were left out
+
+
+def _usable(record: Any) -> bool:
+    if not isinstance(record, dict) or "step" not in record:
+        return False
+    args = record.get("args")
+    return isinstance(args, dict) and all(k in args for k in REQUIRED_ARGS)
+
+
+def read_results_file(path: str | Path) -> tuple[list[Record], int]:
+    """Read one results.jsonl; returns (records, number of skipped lines).
+
+    A run killed mid-write leaves a torn last line; skipping it (and counting it) is friendlier
+    than refusing to report on a whole sweep.
+    """
+    records: list[Record] = []
+    skipped = 0
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                skipped += 1
+                continue
+            if _usable(record):
+                records.append(record)
+            else:
+                skipped += 1
+    return records, skipped
+
+
+def load_records(input_dir: str | Path) -> LoadedRecords:
+    """Load every ``results.jsonl`` below ``input_dir`` (recursively, in sorted path order).
+
+    Sorted order makes every tie-break downstream deterministic.
+    """
+    root = Path(input_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(
+            f"input directory {str(root)!r} does not exist; pass the --output_dir used by "
+            "sweep/train as --input_dir"
+        )
+    paths = sorted(root.rglob(RESULTS_FILE))
+    if not paths:
+        raise ValueError(
+            f"no {RESULTS_FILE} found under {str(root)!r}; pass the --output_dir used by "
+            "sweep/train as --input_dir (runs write <output_dir>/<run>/results.jsonl)"
+        )
+    records: list[Record] = []
+    n_incomplete = 0
+    n_skipped = 0
+    for path in paths:
+        run_records, skipped = read_results_file(path)
+        records.extend(run_records)
+        n_skipped += skipped
+        if not (path.parent / DONE_FILE).exists():
+            n_incomplete += 1
+    return LoadedRecords(records, len(paths), n_incomplete, n_skipped)
+
+
+def group_by(items: Iterable[Any], key: Callable[[Any], Hashable]) -> dict[Hashable, list]:
+    """Group items by ``key(item)``; groups keep first-appearance order."""
+    groups: dict[Hashable, list] = {}
+    for item in items:
+        groups.setdefault(key(item), []).append(item)
+    return groups
+
+
+def single_test_env_records(records: Iterable[Record]) -> list[Record]:
+    """Records of runs that hold out exactly one environment (the ones that are scored)."""
+    return [r for r in records if len(r["args"]["test_envs"]) == 1]
+
+
+def n_environments(record: Record) -> int:
+    """Number of environments evaluated in a record (contiguous ``env{i}_out_acc`` keys)."""
+    n = 0
+    while f"env{n}_out_acc" in record:
+        n += 1
+    return n
+
+
+def selection_groups(records: Iterable[Record]) -> dict[tuple[int, str, str, int], list[Record]]:
+    """Group records by (trial_seed, dataset, algorithm, test_env).
+
+    A record of a run with two test environments belongs to both groups: it is the
+    leave-one-domain-out validation run of either one.
+    """
+    groups: dict[tuple[int, str, str, int], list[Record]] = {}
+    for r in records:
+        args = r["args"]
+        for test_env in args["test_envs"]:
+            key = (args["trial_seed"], args["dataset"], args["algorithm"], test_env)
+            groups.setdefault(key, []).append(r)
+    return groups

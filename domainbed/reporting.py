@@ -1,0 +1,251 @@
+"""Result tables (text and LaTeX) from training records, laid out like DomainBed's collect_results.
+
+Numbers and layout follow DomainBed so results stay comparable line by line: a cell is
+"mean +/- err" of the per-trial accuracies x100 with err = 100 * std(x / sqrt(n)) (ddof 0);
+text columns are left-justified to 20 characters (25 in the "Averages" table) and joined by
+two spaces. One deliberate difference: a cell wider than its column widens the column instead of
+being cut off, so long algorithm names stay readable.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from types import ModuleType
+
+import numpy as np
+
+from .model_selection import SELECTION_METHODS, SelectionMethod
+from .records import Record, group_by, n_environments, selection_groups
+
+DATASET_COLWIDTH = 20
+AVERAGES_COLWIDTH = 25
+
+
+# ---------------------------------------------------------------- registries (optional)
+
+def _optional_module(name: str) -> ModuleType | None:
+    # reporting must work on records alone, e.g. on a laptop without the training stack
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        return None
+
+
+def registered_datasets() -> list[str]:
+    """Dataset names in the package's canonical order ([] if domainbed.datasets is absent)."""
+    module = _optional_module("domainbed.datasets")
+    return list(getattr(module, "DATASETS", []) or []) if module else []
+
+
+def registered_algorithms() -> list[str]:
+    """Algorithm names in the package's canonical order ([] if unavailable)."""
+    module = _optional_module("domainbed.algorithms")
+    return list(getattr(module, "ALGORITHMS", []) or []) if module else []
+
+
+def registered_environments(dataset_name: str) -> list[str] | None:
+    """The dataset class's ENVIRONMENTS short names, or None if the dataset is unknown."""
+    module = _optional_module("domainbed.datasets")
+    if module is None or not hasattr(module, "get_dataset_class"):
+        return None
+    try:
+        dataset_class = module.get_dataset_class(dataset_name)
+    except (KeyError, ValueError, NotImplementedError):
+        return None
+    environments = getattr(dataset_class, "ENVIRONMENTS", None)
+    return list(environments) if environments else None
+
+
+def environment_names(dataset_name: str, n_envs: int) -> list[str]:
+    """Column names for a dataset: its ENVIRONMENTS if known, else env0..env{n_envs-1}."""
+    names = registered_environments(dataset_name)
+    if names is not None:
+        return names
+    return [f"env{i}" for i in range(n_envs)]
+
+
+def ordered_datasets(records: list[Record]) -> list[str]:
+    """Datasets in registry order, then unknown ones alphabetically (DomainBed drops those)."""
+    present = {r["args"]["dataset"] for r in records}
+    known = [d for d in registered_datasets() if d in present]
+    return known + sorted(present - set(known))
+
+
+def ordered_algorithms(records: list[Record]) -> list[str]:
+    """Algorithms in registry order, then unknown ones in order of first appearance."""
+    present = list(dict.fromkeys(r["args"]["algorithm"] for r in records))
+    known = [a for a in registered_algorithms() if a in present]
+    return known + [a for a in present if a not in known]
+
+
+def dataset_environments(records: list[Record], dataset: str) -> list[str]:
+    n_envs = max((n_environments(r) for r in records if r["args"]["dataset"] == dataset), default=0)
+    return environment_names(dataset, n_envs)
+
+
+# ---------------------------------------------------------------- numbers
+
+@dataclass(frozen=True)
+class SweepResult:
+    """The selected test accuracy of one (trial_seed, dataset, algorithm, test_env) group."""
+
+    trial_seed: int
+    dataset: str
+    algorithm: str
+    test_env: int
+    acc: float
+
+
+def sweep_results(records: list[Record], method: type[SelectionMethod]) -> list[SweepResult]:
+    """Apply a selection method to every group; groups it cannot score are left out."""
+    results = []
+    for (trial_seed, dataset, algorithm, test_env), group in selection_groups(records).items():
+        acc = method.sweep_acc(group)
+        if acc is not None:
+            results.append(SweepResult(trial_seed, dataset, algorithm, test_env, acc))
+    return results
+
+
+def trial_accuracies(
+    results: list[SweepResult], dataset: str, algorithm: str, test_env: int
+) -> list[float]:
+    """One accuracy per trial for a table cell."""
+    return [
+        r.acc for r in results
+        if (r.dataset, r.algorithm, r.test_env) == (dataset, algorithm, test_env)
+    ]
+
+
+def trial_dataset_averages(results: list[SweepResult], dataset: str, algorithm: str) -> list[float]:
+    """Per trial, the mean accuracy over the test environments it has (the Averages table)."""
+    selected = [r for r in results if (r.dataset, r.algorithm) == (dataset, algorithm)]
+    by_trial = group_by(selected, lambda r: r.trial_seed)
+    return [float(np.mean([r.acc for r in group])) for group in by_trial.values()]
+
+
+def mean_and_error(values: list[float]) -> tuple[float, float] | None:
+    """(100 * mean, 100 * std(x / sqrt(n))) as DomainBed reports them; None if no values."""
+    if len(values) == 0:
+        return None
+    x = np.asarray(values, dtype=float)
+    return float(100 * np.mean(x)), float(100 * np.std(x / np.sqrt(len(x))))
+
+
+def format_mean(values: list[float], latex: bool = False) -> str:
+    """A table cell: "mean +/- err" (LaTeX: "mean $\\pm$ err"), or "X" without values."""
+    summary = mean_and_error(values)
+    if summary is None:
+        return "X"
+    pm = "$\\pm$" if latex else "+/-"
+    return f"{summary[0]:.1f} {pm} {summary[1]:.1f}"
+
+
+def _format_average(means: list[float | None]) -> str:
+    if not means or any(m is None for m in means):
+        return "X"
+    return f"{sum(means) / len(means):.1f}"
+
+
+# ---------------------------------------------------------------- layout
+
+def latex_escape(text: str) -> str:
+    for char in ("&", "%", "_", "#"):
+        text = text.replace(char, "\\" + char)
+    return text
+
+
+def format_table(
+    cells: list[list[str]],
+    header_text: str,
+    row_labels: list[str],
+    col_labels: list[str],
+    colwidth: int = DATASET_COLWIDTH,
+    latex: bool = False,
+) -> list[str]:
+    """Lines of one table: a blank line, a header, then one line per row."""
+    lines = [""]
+    if latex:
+        lines += [
+            "\\begin{center}",
+            "\\adjustbox{max width=\\textwidth}{%",
+            "\\begin{tabular}{l" + "c" * (len(col_labels) - 1) + "}",
+            "\\toprule",
+        ]
+        col_labels = ["\\textbf{" + latex_escape(c) + "}" for c in col_labels]
+        row_labels = [latex_escape(r) for r in row_labels]
+        sep, end = " & ", " \\\\"
+    else:
+        lines.append("-------- " + header_text)
+        sep, end = "  ", " "
+    rows = [list(col_labels)] + [[label, *row] for label, row in zip(row_labels, cells)]
+    widths = [max([colwidth] + [len(row[c]) for row in rows]) for c in range(len(col_labels))]
+    for r, row in enumerate(rows):
+        lines.append(sep.join(cell.ljust(w) for cell, w in zip(row, widths)) + end)
+        if latex and r == 0:
+            lines.append("\\midrule")
+    if latex:
+        lines += ["\\bottomrule", "\\end{tabular}}", "\\end{center}"]
+    return lines
+
+
+def results_tables(
+    records: list[Record], method: type[SelectionMethod], latex: bool = False
+) -> list[str]:
+    """One table per dataset, then the Averages table, for one selection method."""
+    results = sweep_results(records, method)
+    algorithms = ordered_algorithms(records)
+    datasets = ordered_datasets(records)
+    lines: list[str] = []
+
+    for dataset in datasets:
+        if latex:
+            lines += ["", f"\\subsubsection{{{latex_escape(dataset)}}}"]
+        envs = dataset_environments(records, dataset)
+        cells = []
+        for algorithm in algorithms:
+            accs = [trial_accuracies(results, dataset, algorithm, t) for t in range(len(envs))]
+            means = [(mean_and_error(a) or (None,))[0] for a in accs]
+            cells.append([format_mean(a, latex) for a in accs] + [_format_average(means)])
+        header = f"Dataset: {dataset}, model selection method: {method.name}"
+        lines += format_table(
+            cells, header, algorithms, ["Algorithm", *envs, "Avg"], DATASET_COLWIDTH, latex
+        )
+
+    if latex:
+        lines += ["", "\\subsubsection{Averages}"]
+    cells = []
+    for algorithm in algorithms:
+        accs = [trial_dataset_averages(results, d, algorithm) for d in datasets]
+        means = [(mean_and_error(a) or (None,))[0] for a in accs]
+        cells.append([format_mean(a, latex) for a in accs] + [_format_average(means)])
+    header = f"Averages, model selection method: {method.name}"
+    lines += format_table(
+        cells, header, algorithms, ["Algorithm", *datasets, "Avg"], AVERAGES_COLWIDTH, latex
+    )
+    return lines
+
+
+def format_results(
+    records: list[Record],
+    latex: bool = False,
+    methods: tuple[type[SelectionMethod], ...] = SELECTION_METHODS,
+) -> str:
+    """The whole collect_results report: text, or a standalone LaTeX document."""
+    if latex:
+        lines = [
+            "\\documentclass{article}",
+            "\\usepackage{booktabs}",
+            "\\usepackage{adjustbox}",
+            "\\begin{document}",
+            "\\section{Full DomainBed results}",
+            f"% Total records: {len(records)}",
+        ]
+    else:
+        lines = [f"Total records: {len(records)}"]
+    for method in methods:
+        if latex:
+            lines += ["", f"\\subsection{{Model selection: {method.name}}}"]
+        lines += results_tables(records, method, latex)
+    if latex:
+        lines.append("\\end{document}")
+    return "\n".join(lines) + "\n"

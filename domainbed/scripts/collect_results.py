@@ -1,0 +1,52 @@
+"""Result tables of a sweep: ``python -m domainbed.scripts.collect_results --input_dir D``.
+
+Prints DomainBed's tables for the three model selection methods and writes them to
+D/results.txt (D/results.tex with ``--latex``); ``--plots DIR`` also writes figures.
+Notes about incomplete runs and skipped lines go to stderr, so stdout is the report alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ..records import load_records
+from ..reporting import format_results
+from ._cli import run_main
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Domain generalization: collect sweep results")
+    parser.add_argument("--input_dir", required=True,
+                        help="the sweep's output_dir (run folders holding results.jsonl)")
+    parser.add_argument("--latex", action="store_true", help="print a LaTeX document instead")
+    parser.add_argument("--plots", metavar="DIR", help="also write PNG figures into DIR")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> str:
+    args = build_parser().parse_args(argv)
+    loaded = load_records(args.input_dir)
+    if loaded.n_incomplete_runs:
+        print(f"note: {loaded.n_incomplete_runs} of {loaded.n_runs} runs are not done "
+              "(no 'done' file); their records are included", file=sys.stderr)
+    if loaded.n_skipped_lines:
+        print(f"warning: skipped {loaded.n_skipped_lines} unreadable or incomplete record lines",
+              file=sys.stderr)
+
+    report = format_results(loaded.records, latex=args.latex)
+    sys.stdout.write(report)
+    out_file = Path(args.input_dir) / ("results.tex" if args.latex else "results.txt")
+    out_file.write_text(report, encoding="utf-8")
+
+    if args.plots:
+        from ..plots import save_plots  # matplotlib only when figures are asked for
+
+        paths = save_plots(loaded.records, args.plots)
+        print(f"wrote {len(paths)} figures to {args.plots}", file=sys.stderr)
+    return report
+
+
+if __name__ == "__main__":
+    run_main(main, (FileNotFoundError, ValueError, OSError))

@@ -1,0 +1,53 @@
+"""Train one model: ``python -m domainbed.scripts.train --dataset PACS --algorithm SFMOE --test_env 2``.
+
+DomainBed's flags, plus ``--test_env`` (the seed README's spelling), ``--precision``, ``--compile``,
+``--num_workers`` and ``--device``. Rerunning an interrupted command resumes it.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from ..training import RunError, TrainConfig, run
+from ._cli import run_main
+
+
+def build_parser() -> argparse.ArgumentParser:
+    defaults = TrainConfig()
+    parser = argparse.ArgumentParser(description="Domain generalization: train one run",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--data_dir", default=defaults.data_dir,
+                        help="data root (holding PACS/, office_home/...) or the dataset's own folder")
+    parser.add_argument("--dataset", default=defaults.dataset)
+    parser.add_argument("--algorithm", default=defaults.algorithm)
+    parser.add_argument("--task", default=defaults.task, choices=["domain_generalization", "domain_adaptation"])
+    parser.add_argument("--hparams", help="JSON-serialized hparams dict overriding the defaults")
+    parser.add_argument("--hparams_seed", type=int, default=0, help="0 = default hparams, else a random draw")
+    parser.add_argument("--trial_seed", type=int, default=0, help="seed of the data splits and random hparams")
+    parser.add_argument("--seed", type=int, default=0, help="seed of everything else")
+    parser.add_argument("--steps", type=int, default=None, help="default: the dataset's N_STEPS")
+    parser.add_argument("--checkpoint_freq", type=int, default=None, help="default: the dataset's")
+    parser.add_argument("--test_envs", "--test_env", dest="test_envs", type=int, nargs="+", default=[0])
+    parser.add_argument("--output_dir", default=defaults.output_dir)
+    parser.add_argument("--holdout_fraction", type=float, default=defaults.holdout_fraction)
+    parser.add_argument("--uda_holdout_fraction", type=float, default=defaults.uda_holdout_fraction)
+    parser.add_argument("--skip_model_save", action="store_true")
+    parser.add_argument("--save_model_every_checkpoint", action="store_true")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="bf16 autocast")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the network")
+    parser.add_argument("--num_workers", type=int, default=None,
+                        help="DataLoader workers (default: 0 for in-memory data, else the dataset's)")
+    parser.add_argument("--eval_batch_size", type=int, default=defaults.eval_batch_size)
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                        help="progress bar (default: on a terminal)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = build_parser().parse_args(argv)
+    return run(TrainConfig(**vars(args)))
+
+
+if __name__ == "__main__":
+    run_main(main, (RunError,))

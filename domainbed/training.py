@@ -1,0 +1,485 @@
+"""One DomainBed training run: data, algorithm, the step loop, records, checkpoints and resume.
+
+``run(config)`` is what ``python -m domainbed.scripts.train`` calls. A run writes into its output
+folder ``results.jsonl`` (one record per checkpoint), ``out.txt``/``err.txt``, TensorBoard scalars,
+``model.pkl`` and finally ``done``. It also keeps ``checkpoint.pt``, the full training state at the
+last checkpoint; the same command started again after an interruption continues from there and
+produces the same records as an uninterrupted run (data order and augmentation depend only on the
+seed and the step; every RNG is restored).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import random
+import resource
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import datasets as datasets_lib
+from . import hparams_registry
+from .algorithms import get_algorithm_class
+from .checkpoints import atomic_torch_save, save_model
+from .data.loaders import eval_loader, train_loader
+from .data.splits import split_dataset
+from .models import PretrainedWeightsError
+from .distributed import DistEnv, init_distributed, shutdown
+from .seeding import seed_everything, seed_hash
+
+STATE_FILE = "checkpoint.pt"
+RECORDS_FILE = "results.jsonl"
+TIMING_KEYS = ("step_time", "mem_gb")
+
+
+class RunError(Exception):
+    """A run cannot start or go on; the message says why and what to do."""
+
+
+class TrainingDiverged(RunError):
+    pass
+
+
+@dataclass
+class TrainConfig:
+    """DomainBed's train flags, plus the ones a GPU user expects."""
+    data_dir: str = "./domainbed/data"
+    dataset: str = "RotatedDigits"
+    algorithm: str = "ERM"
+    task: str = "domain_generalization"
+    hparams: str | None = None
+    hparams_seed: int = 0
+    trial_seed: int = 0
+    seed: int = 0
+    steps: int | None = None
+    checkpoint_freq: int | None = None
+    test_envs: list[int] = field(default_factory=lambda: [0])
+    output_dir: str = "train_output"
+    holdout_fraction: float = 0.2
+    uda_holdout_fraction: float = 0.0
+    skip_model_save: bool = False
+    save_model_every_checkpoint: bool = False
+    # ours
+    device: str = "auto"
+    precision: str = "fp32"
+    compile: bool = False
+    num_workers: int | None = None
+    eval_batch_size: int = 64
+    progress: bool | None = None
+
+    def record_args(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# ----------------------------------------------------------------------------------------------
+# output folder plumbing
+
+class _Tee:
+    """Write to a stream and to a log file (DomainBed's out.txt / err.txt)."""
+
+    def __init__(self, stream, path: Path):
+        self.stream, self.file = stream, open(path, "a", buffering=1)
+
+    def write(self, text):
+        self.stream.write(text)
+        self.file.write(text)
+
+    def flush(self):
+        self.stream.flush()
+        self.file.flush()
+
+    def isatty(self):
+        return False
+
+    def close(self):
+        self.file.close()
+
+
+@contextlib.contextmanager
+def _logging_to(output_dir: Path, enabled: bool):
+    if not enabled:
+        yield
+        return
+    out, err = _Tee(sys.stdout, output_dir / "out.txt"), _Tee(sys.stderr, output_dir / "err.txt")
+    sys.stdout, sys.stderr = out, err
+    try:
+        yield
+    finally:
+        sys.stdout, sys.stderr = out.stream, err.stream
+        out.close()
+        err.close()
+
+
+def _append_record(path: Path, record: dict) -> None:
+    """One whole line per record, flushed to disk before the run goes on."""
+    line = json.dumps(record, sort_keys=True) + "\n"
+    with open(path, "a") as handle:
+        handle.write(line)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _keep_records_up_to(path: Path, step: int) -> None:
+    """On resume, drop records written after the saved state (they will be written again) and any
+    torn last line."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines(keepends=True):
+        if not line.endswith("\n"):
+            break
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line)
+        except (json.JSONDecodeError, KeyError):
+            break
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(kept))
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------------------------
+# RNG state as tensors and lists, so the resume file loads with weights_only=True
+
+def _rng_state() -> dict:
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *map(float, np_state[2:])],
+        "python": [py_state[0], list(py_state[1]), py_state[2]],
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), int(pos), int(has_gauss), float(cached)))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ----------------------------------------------------------------------------------------------
+
+def pick_device(name: str, dist_env: DistEnv) -> torch.device:
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda", dist_env.local_rank)
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def accuracy(algorithm, loader, device: torch.device) -> float:
+    correct, total = 0, 0
+    algorithm.eval()
+    with torch.no_grad():
+        for x, y in loader:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            predictions = algorithm.predict(x)
+            correct += (predictions.argmax(1) == y).sum().item()
+            total += len(y)
+    algorithm.train()
+    return correct / max(total, 1)
+
+
+def peak_memory_gb(device: torch.device) -> float:
+    """Peak accelerator memory (CUDA), or the process's peak resident memory on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 1024**3
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # kB -> GB on Linux
+
+
+def resolve_hparams(config: TrainConfig) -> dict:
+    try:
+        overrides = json.loads(config.hparams) if config.hparams else {}
+    except json.JSONDecodeError as error:
+        raise RunError(f"--hparams is not valid JSON ({error.msg} at character {error.pos}); "
+                       "example: --hparams '{\"lr\": 1e-4}'") from None
+    if not isinstance(overrides, dict):
+        raise RunError("--hparams must be a JSON object, e.g. '{\"lr\": 1e-4}'")
+    try:
+        return hparams_registry.resolve_hparams(config.algorithm, config.dataset, config.hparams_seed,
+                                                config.trial_seed, overrides)
+    except ValueError as error:
+        raise RunError(str(error)) from None
+
+
+def _validate(config: TrainConfig, dataset) -> None:
+    n_envs = len(dataset)
+    bad = [env for env in config.test_envs if not 0 <= env < n_envs]
+    if bad:
+        raise RunError(f"test env {bad[0]} is out of range: {config.dataset} has {n_envs} environments "
+                       f"(0-{n_envs - 1}: {', '.join(dataset.ENVIRONMENTS)})")
+    if len(set(config.test_envs)) >= n_envs:
+        raise RunError("every environment is a test environment; leave at least one to train on")
+    if config.precision not in ("fp32", "bf16"):
+        raise RunError(f"unknown --precision '{config.precision}'; use fp32 or bf16")
+
+
+@dataclass
+class _Splits:
+    evals: list  # (name, subset)
+    train: list  # (env index, subset)
+    uda: list    # (env index, subset)
+
+
+def make_splits(dataset, config: TrainConfig) -> _Splits:
+    """DomainBed's splits: out/in per environment, uda share of the test environments' "in"."""
+    splits = _Splits([], [], [])
+    for env_i, env in enumerate(dataset):
+        out, in_ = split_dataset(env, int(len(env) * config.holdout_fraction),
+                                 seed_hash(config.trial_seed, env_i))
+        uda = None
+        if env_i in config.test_envs and config.uda_holdout_fraction > 0:
+            uda, in_ = split_dataset(in_, int(len(in_) * config.uda_holdout_fraction),
+                                     seed_hash(config.trial_seed, env_i))
+        splits.evals += [(f"env{env_i}_in", in_), (f"env{env_i}_out", out)]
+        if uda is not None:
+            splits.evals.append((f"env{env_i}_uda", uda))
+            splits.uda.append((env_i, uda))
+        if env_i not in config.test_envs:
+            splits.train.append((env_i, in_))
+    return splits
+
+
+def run(config: TrainConfig) -> dict:
+    """Train (or resume) one run and return its last record."""
+    dist_env = init_distributed()
+    try:
+        return _run(config, dist_env)
+    finally:
+        shutdown(dist_env)
+
+
+def _run(config: TrainConfig, dist_env: DistEnv) -> dict:
+    output_dir = Path(config.output_dir)
+    if (output_dir / "done").exists():
+        raise RunError(f"{output_dir} already holds a finished run (a 'done' file); choose another "
+                       "--output_dir or delete that folder to train again")
+    hparams = resolve_hparams(config)
+    try:
+        dataset_class = datasets_lib.get_dataset_class(config.dataset)
+        get_algorithm_class(config.algorithm)
+    except ValueError as error:
+        raise RunError(str(error)) from None
+    if config.task not in ("domain_generalization", "domain_adaptation"):
+        raise RunError(f"unknown --task '{config.task}'; use domain_generalization or domain_adaptation")
+    if config.task == "domain_adaptation" and config.uda_holdout_fraction <= 0:
+        raise RunError("--task domain_adaptation needs --uda_holdout_fraction > 0")
+    try:
+        dataset = dataset_class(config.data_dir, config.test_envs, hparams)
+    except (FileNotFoundError, ValueError, ImportError) as error:
+        raise RunError(str(error)) from None
+    _validate(config, dataset)
+
+    if dist_env.is_main:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    dist_env.barrier()
+    with _logging_to(output_dir, dist_env.is_main):
+        return _train(config, dist_env, hparams, dataset, output_dir)
+
+
+def _describe_environment(config, hparams, device) -> None:
+    import timm
+    import torchvision
+    print("Environment:")
+    print(f"\tPython: {sys.version.split()[0]}")
+    print(f"\tPyTorch: {torch.__version__}")
+    print(f"\tTorchvision: {torchvision.__version__}")
+    print(f"\ttimm: {timm.__version__}")
+    print(f"\tCUDA: {torch.version.cuda if torch.cuda.is_available() else 'not available'}")
+    print(f"\tNumPy: {np.__version__}")
+    print(f"\tDevice: {device}")
+    print("Args:")
+    for key, value in sorted(config.record_args().items()):
+        print(f"\t{key}: {value}")
+    print("HParams:")
+    for key, value in sorted(hparams.items()):
+        print(f"\t{key}: {value}")
+
+
+def _train(config: TrainConfig, dist_env: DistEnv, hparams: dict, dataset, output_dir: Path) -> dict:
+    device = pick_device(config.device, dist_env)
+    seed_everything(config.seed)
+    if dist_env.is_main:
+        _describe_environment(config, hparams, device)
+    torch.backends.cudnn.deterministic = device.type != "cuda" or not config.compile
+    torch.backends.cudnn.benchmark = False
+
+    splits = make_splits(dataset, config)
+    n_steps = config.steps if config.steps is not None else dataset.N_STEPS
+    checkpoint_freq = config.checkpoint_freq or dataset.CHECKPOINT_FREQ
+    batch_size = hparams["batch_size"]
+    rank_slice = dist_env.shard(batch_size)
+
+    tensor_data = isinstance(splits.train[0][1][0][0], torch.Tensor)
+    num_workers = config.num_workers
+    if num_workers is None:  # tensors in memory need no workers; images want decoding in parallel
+        num_workers = 0 if tensor_data else min(dataset.N_WORKERS, os.cpu_count() or 1)
+    pin = device.type == "cuda"
+
+    algorithm_class = get_algorithm_class(config.algorithm)
+    try:
+        algorithm = algorithm_class(dataset.input_shape, dataset.num_classes,
+                                    len(dataset) - len(config.test_envs), hparams).to(device)
+    except (ValueError, PretrainedWeightsError) as error:
+        raise RunError(str(error)) from None
+    algorithm.autocast_dtype = torch.bfloat16 if config.precision == "bf16" else None
+
+    state_path = output_dir / STATE_FILE
+    records_path = output_dir / RECORDS_FILE
+    start_step = 0
+    if state_path.exists():
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        algorithm.load_state_dict(state["algorithm"])
+        algorithm.optimizer.load_state_dict(state["optimizer"])
+        _set_rng_state(state["rng"])
+        start_step = state["step"] + 1
+        if dist_env.is_main:
+            _keep_records_up_to(records_path, state["step"])
+            print(f"Resuming from the checkpoint of step {state['step']}")
+    elif dist_env.is_main and records_path.exists():
+        records_path.unlink()  # records of a run that never reached its first checkpoint state
+
+    network = algorithm.network
+    if config.compile:
+        algorithm.network = torch.compile(network)
+    if dist_env.enabled:
+        algorithm.network = torch.nn.parallel.DistributedDataParallel(
+            algorithm.network, device_ids=[device.index] if device.type == "cuda" else None)
+
+    train_iterators = [
+        train_loader(split, dataset.train_transform(env_i), batch_size,
+                     seed_hash(config.seed, config.trial_seed, "train", env_i), start_step,
+                     num_workers, pin)
+        for env_i, split in splits.train]
+    uda_iterators = [
+        train_loader(split, dataset.eval_transform, batch_size,
+                     seed_hash(config.seed, config.trial_seed, "uda", env_i), start_step, 0, pin)
+        for env_i, split in splits.uda] if config.task == "domain_adaptation" else []
+    eval_loaders = [(name, eval_loader(split, dataset.eval_transform, config.eval_batch_size,
+                                       num_workers, pin)) for name, split in splits.evals]
+    steps_per_epoch = min(len(split) / batch_size for _, split in splits.train)
+
+    writer = None
+    if dist_env.is_main:
+        from torch.utils.tensorboard import SummaryWriter
+        writer = SummaryWriter(log_dir=str(output_dir / "tensorboard"), purge_step=start_step)
+
+    from tqdm.auto import tqdm
+    progress_enabled = config.progress if config.progress is not None else sys.__stderr__.isatty()
+    progress = tqdm(total=n_steps, initial=start_step, disable=not (progress_enabled and dist_env.is_main),
+                    file=sys.__stderr__, desc=f"{config.algorithm} {config.dataset}", dynamic_ncols=True)
+
+    last_record: dict = {}
+    header_printed = False
+    checkpoint_values: dict[str, list[float]] = {}
+    step_times: list[float] = []
+    try:
+        for step in range(start_step, n_steps):
+            step_start = time.time()
+            minibatches = [(x[rank_slice].to(device, non_blocking=True), y[rank_slice].to(device, non_blocking=True))
+                           for x, y in (next(it) for it in train_iterators)]
+            unlabeled = [x[rank_slice].to(device) for x, _ in (next(it) for it in uda_iterators)] or None
+            values = algorithm.update(minibatches, unlabeled)
+            if not math.isfinite(values.get("loss", 0.0)):
+                kept = (f"the last good checkpoint (step {state_step(state_path)}) is kept in {output_dir}"
+                        if state_path.exists() else "no checkpoint had been written yet")
+                raise TrainingDiverged(f"loss became {values['loss']} at step {step}; {kept}; "
+                                       "lower the learning rate (--hparams '{\"lr\": ...}') and rerun")
+            step_times.append(time.time() - step_start)
+            for key, value in values.items():
+                checkpoint_values.setdefault(key, []).append(value)
+            progress.update(1)
+            progress.set_postfix(loss=f"{values['loss']:.3f}", refresh=False)
+
+            if step % checkpoint_freq == 0 or step == n_steps - 1:
+                if dist_env.is_main:
+                    last_record = _checkpoint_record(config, hparams, step, steps_per_epoch, step_times,
+                                                     checkpoint_values, algorithm, network, eval_loaders,
+                                                     device)
+                    _append_record(records_path, last_record)
+                    _print_record(last_record, header=not header_printed)
+                    header_printed = True
+                    for key, value in last_record.items():
+                        if isinstance(value, (int, float)) and key not in ("step",):
+                            writer.add_scalar(key, value, step)
+                    writer.flush()
+                    with _unwrapped(algorithm, network):
+                        atomic_torch_save({"step": step, "algorithm": algorithm.state_dict(),
+                                           "optimizer": algorithm.optimizer.state_dict(),
+                                           "rng": _rng_state()}, state_path)
+                        if config.save_model_every_checkpoint:
+                            save_model(output_dir / f"model_step{step}.pkl", algorithm, config.record_args())
+                dist_env.barrier()
+                checkpoint_values, step_times = {}, []
+    finally:
+        progress.close()
+        if writer is not None:
+            writer.close()
+
+    if dist_env.is_main:
+        if not config.skip_model_save:
+            with _unwrapped(algorithm, network):
+                save_model(output_dir / "model.pkl", algorithm, config.record_args())
+        (output_dir / "done").write_text("done\n")
+        state_path.unlink(missing_ok=True)  # the resume state is only needed until `done`
+    dist_env.barrier()
+    return last_record
+
+
+def state_step(state_path: Path) -> int:
+    return torch.load(state_path, map_location="cpu", weights_only=True)["step"]
+
+
+@contextlib.contextmanager
+def _unwrapped(algorithm, network):
+    """Let the algorithm see its plain network (no DDP/compile wrapper) for saving and evaluation."""
+    wrapped = algorithm.network
+    algorithm.network = network
+    try:
+        yield
+    finally:
+        algorithm.network = wrapped
+
+
+def _checkpoint_record(config, hparams, step, steps_per_epoch, step_times, checkpoint_values,
+                       algorithm, network, eval_loaders, device) -> dict:
+    record = {
+        "args": config.record_args(),
+        "hparams": hparams,
+        "step": step,
+        "epoch": step / steps_per_epoch,
+        "step_time": float(np.mean(step_times)) if step_times else 0.0,
+        "mem_gb": peak_memory_gb(device),
+    }
+    for key, values in checkpoint_values.items():
+        record[key] = float(np.mean(values))
+    with _unwrapped(algorithm, network):
+        for name, loader in eval_loaders:
+            record[f"{name}_acc"] = accuracy(algorithm, loader, device)
+    return record
+
+
+def _print_record(record: dict, header: bool) -> None:
+    """DomainBed-style progress table: a header once, then one row per checkpoint."""
+    keys = [k for k in record if k not in ("args", "hparams")]
+    if header:
+        print("  ".join(f"{k[-12:]:>12}" for k in keys))
+    print("  ".join(f"{record[k]:>12.4f}" if isinstance(record[k], float) else f"{record[k]:>12}"
+                    for k in keys))

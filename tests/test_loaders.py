@@ -1,0 +1,46 @@
+import torch
+from torch.utils.data import TensorDataset
+
+from domainbed.data.loaders import SeededTransform, StepBatchSampler, train_loader
+from domainbed.data.splits import split_dataset
+
+
+def test_split_is_seeded_disjoint_and_out_first():
+    data = TensorDataset(torch.arange(10))
+    out, in_ = split_dataset(data, 3, seed=5)
+    assert len(out) == 3 and len(in_) == 7
+    assert set(out.indices) | set(in_.indices) == set(range(10))
+    assert split_dataset(data, 3, seed=5)[0].indices == out.indices
+    assert split_dataset(data, 3, seed=6)[0].indices != out.indices
+
+
+def test_batches_depend_only_on_seed_and_step():
+    sampler = StepBatchSampler(n=10, batch_size=4, seed=1)
+    stream = iter(sampler)
+    batches = [next(stream) for _ in range(5)]
+    resumed = iter(StepBatchSampler(n=10, batch_size=4, seed=1, start_step=3))
+    assert next(resumed) == batches[3]
+    # each epoch (10 examples = 2.5 batches) visits every example once
+    first_epoch = [i for i, _ in batches[0] + batches[1]] + [i for i, _ in batches[2]][:2]
+    assert sorted(first_epoch) == list(range(10))
+
+
+def test_batch_larger_than_split_wraps_instead_of_hanging():
+    sampler = StepBatchSampler(n=3, batch_size=8, seed=0)
+    batch = sampler.batch(0)
+    assert len(batch) == 8
+    assert set(i for i, _ in batch) == {0, 1, 2}
+    x, y = next(train_loader(TensorDataset(torch.arange(3.0), torch.arange(3)), None, 8, seed=0))
+    assert x.shape == (8,)
+
+
+def test_augmentation_is_reproducible_without_touching_global_rng():
+    data = TensorDataset(torch.zeros(4, 2), torch.zeros(4, dtype=torch.long))
+    noisy = SeededTransform(data, lambda x: x + torch.rand(2))
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    a, _ = noisy[(1, 123)]
+    b, _ = noisy[(1, 123)]
+    c, _ = noisy[(1, 124)]
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert torch.equal(before, torch.get_rng_state())

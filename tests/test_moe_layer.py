@@ -1,0 +1,146 @@
+"""SparseMoE as a drop-in FFN: equivalence with the dense Mlp, gradients, precision, records."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+from timm.layers import Mlp
+
+from domainbed.moe import SparseMoE, collect_aux_loss, routing_stats
+
+DIM, HIDDEN = 16, 64
+
+
+def _dense(seed: int = 0) -> Mlp:
+    torch.manual_seed(seed)
+    return Mlp(DIM, HIDDEN).eval()
+
+
+def _tokens(*shape, seed: int = 1) -> torch.Tensor:
+    return torch.randn(*shape, DIM, generator=torch.Generator().manual_seed(seed))
+
+
+def test_all_experts_dropless_equals_dense_mlp():
+    mlp = _dense()
+    moe = SparseMoE.from_mlp(mlp, num_experts=4, top_k=4, capacity_factor=None).eval()
+    x = _tokens(3, 10)
+    with torch.no_grad():
+        torch.testing.assert_close(moe(x), mlp(x), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("capacity_factor", [None, "dropless", 100.0])
+def test_top1_output_is_gate_times_dense_output(capacity_factor):
+    mlp = _dense()
+    moe = SparseMoE.from_mlp(mlp, num_experts=6, top_k=1, capacity_factor=capacity_factor).eval()
+    x = _tokens(2, 9)
+    with torch.no_grad():
+        out = moe(x)
+        probs = moe.router(x.reshape(-1, DIM)).softmax(-1)
+        expected = probs.amax(-1, keepdim=True) * mlp(x).reshape(-1, DIM)
+    torch.testing.assert_close(out.reshape(-1, DIM), expected, rtol=1e-5, atol=1e-6)
+    assert not moe.last_routing.dropped.any()
+    torch.testing.assert_close(moe.last_routing.gates[:, 0], probs.amax(-1))
+
+
+def test_shapes_and_routing_record():
+    moe = SparseMoE(DIM, HIDDEN, num_experts=3, top_k=2).train()
+    out = moe(_tokens(4, 7))
+    assert out.shape == (4, 7, DIM)
+    record = moe.last_routing
+    assert record.expert_index.shape == record.gates.shape == record.dropped.shape == (28, 2)
+    assert record.token_shape == (4, 7) and record.num_experts == 3
+    assert (record.expert_index[:, 0] != record.expert_index[:, 1]).all()
+    torch.testing.assert_close(record.gates.sum(-1), torch.ones(28))
+    assert moe.aux_loss.ndim == 0 and moe.aux_loss.requires_grad
+
+
+def test_gradients_reach_router_and_experts_and_idle_experts_get_zero_grads():
+    # Linear router on positive tokens with expert 3's weights all -1: expert 3 never wins.
+    moe = SparseMoE(DIM, HIDDEN, num_experts=4, top_k=1, router="linear", gate_noise=0.0,
+                    capacity_factor=None).train()
+    with torch.no_grad():
+        moe.router.weight[3] = -1.0
+    x = _tokens(2, 12).abs().requires_grad_()
+    (moe(x).pow(2).sum() + moe.aux_loss).backward()
+    assert (moe.last_routing.expert_index != 3).all()
+    for name, param in moe.named_parameters():
+        assert param.grad is not None, name
+    assert moe.router.weight.grad.abs().sum() > 0
+    assert x.grad.abs().sum() > 0
+    for grad in (moe.experts.fc1_weight.grad, moe.experts.fc2_weight.grad, moe.experts.fc1_bias.grad):
+        assert torch.count_nonzero(grad[3]) == 0
+        assert all(grad[e].abs().sum() > 0 for e in range(3))
+
+
+def test_cosine_router_parameters_get_gradients():
+    moe = SparseMoE(DIM, HIDDEN, num_experts=4, top_k=2).train()
+    (moe(_tokens(2, 8)).sum() + moe.aux_loss).backward()
+    router = moe.router
+    for param in (router.projection.weight, router.projection.bias, router.expert_embeddings, router.log_scale):
+        assert param.grad is not None and param.grad.abs().sum() > 0
+
+
+def test_same_seed_same_numbers_in_training_mode():
+    def run():
+        torch.manual_seed(3)
+        moe = SparseMoE(DIM, HIDDEN, num_experts=4, top_k=2, expert_dropout=0.2).train()
+        out = moe(_tokens(2, 8))
+        return out, moe.aux_loss, moe.last_routing.expert_index
+    first, second = run(), run()
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+
+
+def test_bf16_autocast_keeps_router_in_float32():
+    moe = SparseMoE(DIM, HIDDEN, num_experts=4, top_k=2).train()
+    x = _tokens(2, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        clean, _, probs = moe.route(x.reshape(-1, DIM).bfloat16())
+        out = moe(x)
+    assert clean.dtype == probs.dtype == torch.float32
+    assert out.dtype == torch.bfloat16 and out.shape == x.shape
+    assert moe.aux_loss.dtype == torch.float32
+    out.float().sum().backward()
+    assert moe.router.projection.weight.grad.dtype == torch.float32
+
+
+def test_collect_aux_loss_and_routing_stats_over_a_model():
+    model = nn.Sequential(SparseMoE(DIM, HIDDEN, num_experts=3), nn.Identity(),
+                          SparseMoE(DIM, HIDDEN, num_experts=5, capacity_factor=0.5)).train()
+    model(_tokens(2, 10))
+    total = collect_aux_loss(model)
+    torch.testing.assert_close(total, model[0].aux_loss + model[2].aux_loss)
+    stats = routing_stats(model)
+    assert set(stats) == {"0", "2"}
+    shares = stats["2"]["expert_share"]
+    assert len(shares) == 5 and abs(sum(shares) - 1.0) < 1e-6
+    counts = torch.bincount(model[2].last_routing.expert_index.flatten(), minlength=5)
+    assert shares == pytest.approx((counts / 20).tolist())
+    # capacity 1 * int(0.5 * ceil(20 / 5)) = 2 per expert: at most 10 of 20 tokens kept
+    assert stats["2"]["dropped_share"] >= 0.5
+    assert collect_aux_loss(nn.Linear(2, 2)).item() == 0.0
+
+
+def test_layer_can_be_deep_copied_after_a_training_forward():
+    moe = SparseMoE(DIM, HIDDEN).train()
+    moe(_tokens(2, 4))
+    clone = copy.deepcopy(moe)
+    assert torch.equal(clone.experts.fc1_weight, moe.experts.fc1_weight)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(num_experts=4, top_k=5), "top_k"),
+    (dict(router="dot"), "router"),
+    (dict(capacity_factor=0.0), "capacity_factor"),
+    (dict(capacity_factor="unlimited"), "capacity_factor"),
+    (dict(aux_loss="zloss"), "aux_loss"),
+])
+def test_bad_arguments_raise_clear_errors(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        SparseMoE(DIM, HIDDEN, **kwargs)
+
+
+def test_wrong_token_width_is_a_clear_error():
+    with pytest.raises(ValueError, match="last dimension 16"):
+        SparseMoE(DIM, HIDDEN)(torch.randn(2, 3, 8))
