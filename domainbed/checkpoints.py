@@ -47,3 +47,105 @@ def model_record(algorithm, args: dict) -> dict:
 
 def save_model(path: str | os.PathLike, algorithm, args: dict) -> None:
     atomic_torch_save(model_record(algorithm, args), path)
+
+
+# ----------------------------------------------------------------------------------------------
+# loading
+
+class UnsafeCheckpointError(RuntimeError):
+    """The file needs full unpickling, which can execute code stored in it."""
+
+
+def read_checkpoint_file(path: str | os.PathLike, allow_unsafe_pickle: bool = False) -> dict:
+    """``torch.load`` a model.pkl without executing code: tensors, containers, primitives and
+    ``argparse.Namespace`` (DomainBed's ``args``) only. Anything else needs ``allow_unsafe_pickle``."""
+    import argparse
+    import pickle
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint '{path}' does not exist")
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        if not allow_unsafe_pickle:
+            detail = str(error).strip().splitlines()[0] if str(error).strip() else "unsupported object"
+            raise UnsafeCheckpointError(
+                f"'{path}' holds objects that only full unpickling can restore, and unpickling can run "
+                f"code stored in the file ({detail[:160]}); if you trust where it came from, pass "
+                "--allow_unsafe_pickle") from None
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def _args_dict(args) -> dict:
+    return dict(vars(args)) if hasattr(args, "__dict__") else dict(args or {})
+
+
+def _authors_hparams(saved: dict, model_dict: dict) -> tuple[dict, dict]:
+    """Rebuild the hparams of an authors'-code GMoE checkpoint from the shapes of its weights, and
+    rename its keys to ours (``model.`` -> ``network.``, MoE layout -> SparseMoE)."""
+    from . import hparams_registry
+    from .moe.authors_layout import from_authors_layout
+
+    converted, moe_blocks = from_authors_layout(model_dict)
+    state = {("network." + key[len("model."):] if key.startswith("model.") else key): value
+             for key, value in converted.items()}
+    patch = state["network.patch_embed.proj.weight"]  # [D, C, p, p]
+    embed_dim, in_chans, patch_size = patch.shape[0], patch.shape[1], patch.shape[2]
+    tokens = state["network.pos_embed"].shape[1] - 1
+    grid = int(round(tokens ** 0.5))
+    depth = 1 + max(int(key.split(".")[2]) for key in state if key.startswith("network.blocks."))
+    hidden = state[f"network.blocks.{min(moe_blocks)}.mlp.experts.fc1_weight"].shape[1]
+    router = "cosine" if any(k.endswith("router.expert_embeddings") for k in state) else "linear"
+    args = _args_dict(saved.get("args"))
+    dataset = args.get("dataset", "PACS")
+    hparams = hparams_registry.default_hparams("SFMOE", dataset)
+    hparams.update({key: value for key, value in (saved.get("model_hparams") or {}).items()
+                    if key in ("lr", "weight_decay", "batch_size", "dropout")})
+    hparams.update(
+        backbone="gmoe_small_patch16_224", pretrained=False, pretrained_file="",
+        moe_blocks=list(moe_blocks), num_experts=next(iter(moe_blocks.values())), router=router,
+        backbone_kwargs=dict(embed_dim=embed_dim, depth=depth, num_heads=max(1, embed_dim // 64),
+                             patch_size=patch_size, mlp_ratio=hidden / embed_dim),
+    )
+    hparams["_in_chans"], hparams["_img_size"] = in_chans, grid * patch_size
+    return hparams, state
+
+
+def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu",
+                    allow_unsafe_pickle: bool = False):
+    """An algorithm ready to ``predict``, from our model.pkl or one written by the authors' code.
+
+    The authors' files (DomainBed layout with their MoE library's keys, see method.md) are
+    recognised by their ``experts.batched_fc1_w`` keys and rebuilt as an SFMOE algorithm with the
+    same blocks, experts and router, predicting what their model predicts.
+    """
+    from .algorithms import get_algorithm_class
+    from .moe.authors_layout import is_authors_layout
+
+    saved = read_checkpoint_file(path, allow_unsafe_pickle)
+    missing = {"model_dict", "model_num_classes"} - set(saved)
+    if missing:
+        raise ValueError(f"'{path}' is not a DomainBed model.pkl (missing {', '.join(sorted(missing))})")
+    model_dict = saved["model_dict"]
+    if is_authors_layout(model_dict):
+        hparams, state = _authors_hparams(saved, model_dict)
+        in_chans, img_size = hparams.pop("_in_chans"), hparams.pop("_img_size")
+        input_shape = tuple(saved.get("model_input_shape") or (in_chans, img_size, img_size))
+        algorithm_name = "SFMOE"
+    else:
+        hparams = dict(saved["model_hparams"], pretrained=False, pretrained_file="")
+        state = model_dict
+        input_shape = tuple(saved["model_input_shape"])
+        algorithm_name = _args_dict(saved.get("args")).get("algorithm", "ERM")
+    algorithm = get_algorithm_class(algorithm_name)(input_shape, saved["model_num_classes"],
+                                                    saved.get("model_num_domains", 1), hparams)
+    result = algorithm.load_state_dict(state, strict=False)
+    unexpected = [k for k in result.unexpected_keys]
+    missing_keys = [k for k in result.missing_keys]
+    if unexpected or missing_keys:
+        raise ValueError(f"'{path}' does not match a {algorithm_name} model with backbone "
+                         f"{hparams['backbone']}: missing {missing_keys[:3]}, unexpected {unexpected[:3]}")
+    algorithm.checkpoint_args = _args_dict(saved.get("args"))  # dataset, test_envs... of the run
+    return algorithm.to(device).eval()

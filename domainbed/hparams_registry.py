@@ -43,6 +43,8 @@ def _hparams(algorithm: str, dataset: str, random_seed: int) -> dict[str, tuple]
     else:
         backbone = "gmoe_small_patch16_224" if moe else "resnet50"
     add("backbone", backbone, lambda r: backbone)
+    # Extra timm constructor arguments, e.g. {"depth": 4}; also how foreign checkpoints are rebuilt.
+    add("backbone_kwargs", {}, lambda r: {})
     add("pretrained", not small, lambda r: not small)
     add("pretrained_file", "", lambda r: "")
     add("data_augmentation", True, lambda r: True)

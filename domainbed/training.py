@@ -33,6 +33,7 @@ from .data.loaders import eval_loader, train_loader
 from .data.splits import split_dataset
 from .models import PretrainedWeightsError
 from .distributed import DistEnv, init_distributed, shutdown
+from .moe import moe_layers
 from .seeding import seed_everything, seed_hash
 
 STATE_FILE = "checkpoint.pt"
@@ -170,6 +171,37 @@ def _set_rng_state(state: dict) -> None:
     random.setstate((version, tuple(internal), gauss))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class RoutingMeter:
+    """Per MoE layer, which experts the training tokens chose and how many were dropped, summed
+    over the steps between two checkpoints. Counts stay on the device (no sync per step)."""
+
+    def __init__(self, network: torch.nn.Module):
+        self.layers = moe_layers(network)
+        self.reset()
+
+    def reset(self) -> None:
+        self.counts: dict[str, torch.Tensor] = {}
+        self.dropped: dict[str, torch.Tensor] = {}
+
+    def update(self) -> None:
+        for name, layer in self.layers.items():
+            routing = layer.last_routing
+            if routing is None:
+                continue
+            counts = torch.bincount(routing.expert_index.reshape(-1), minlength=routing.num_experts)
+            self.counts[name] = self.counts.get(name, 0) + counts
+            self.dropped[name] = self.dropped.get(name, 0) + routing.dropped.sum()
+
+    def summary(self) -> dict:
+        """{layer: {"expert_share": [...], "dropped_share": x}}; shares of token choices, sum to 1."""
+        out = {}
+        for name, counts in self.counts.items():
+            total = max(int(counts.sum()), 1)
+            out[name] = {"expert_share": (counts.double() / total).tolist(),
+                         "dropped_share": float(self.dropped[name]) / total}
+        return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -386,6 +418,7 @@ def _train(config: TrainConfig, dist_env: DistEnv, hparams: dict, dataset, outpu
     progress = tqdm(total=n_steps, initial=start_step, disable=not (progress_enabled and dist_env.is_main),
                     file=sys.__stderr__, desc=f"{config.algorithm} {config.dataset}", dynamic_ncols=True)
 
+    routing_meter = RoutingMeter(network)
     last_record: dict = {}
     header_printed = False
     checkpoint_values: dict[str, list[float]] = {}
@@ -402,6 +435,7 @@ def _train(config: TrainConfig, dist_env: DistEnv, hparams: dict, dataset, outpu
                         if state_path.exists() else "no checkpoint had been written yet")
                 raise TrainingDiverged(f"loss became {values['loss']} at step {step}; {kept}; "
                                        "lower the learning rate (--hparams '{\"lr\": ...}') and rerun")
+            routing_meter.update()
             step_times.append(time.time() - step_start)
             for key, value in values.items():
                 checkpoint_values.setdefault(key, []).append(value)
@@ -413,6 +447,8 @@ def _train(config: TrainConfig, dist_env: DistEnv, hparams: dict, dataset, outpu
                     last_record = _checkpoint_record(config, hparams, step, steps_per_epoch, step_times,
                                                      checkpoint_values, algorithm, network, eval_loaders,
                                                      device)
+                    if routing_meter.layers:
+                        last_record["routing"] = routing_meter.summary()
                     _append_record(records_path, last_record)
                     _print_record(last_record, header=not header_printed)
                     header_printed = True
@@ -428,6 +464,7 @@ def _train(config: TrainConfig, dist_env: DistEnv, hparams: dict, dataset, outpu
                             save_model(output_dir / f"model_step{step}.pkl", algorithm, config.record_args())
                 dist_env.barrier()
                 checkpoint_values, step_times = {}, []
+                routing_meter.reset()
     finally:
         progress.close()
         if writer is not None:
@@ -478,7 +515,7 @@ def _checkpoint_record(config, hparams, step, steps_per_epoch, step_times, check
 
 def _print_record(record: dict, header: bool) -> None:
     """DomainBed-style progress table: a header once, then one row per checkpoint."""
-    keys = [k for k in record if k not in ("args", "hparams")]
+    keys = [k for k in record if not isinstance(record[k], dict)]
     if header:
         print("  ".join(f"{k[-12:]:>12}" for k in keys))
     print("  ".join(f"{record[k]:>12.4f}" if isinstance(record[k], float) else f"{record[k]:>12}"

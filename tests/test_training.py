@@ -110,3 +110,20 @@ def test_sfmoe_records_its_losses(tmp_path):
     assert record["hparams"]["backbone"] == "gmoe_micro_patch4_32"
     assert record["loss"] == pytest.approx(record["loss_ce"] + 0.01 * record["loss_aux"], rel=1e-5)
     assert record["loss_aux"] > 0
+    # routing statistics of the training tokens since the last checkpoint, per MoE layer
+    assert set(record["routing"]) == {"blocks.2.mlp", "blocks.4.mlp"}
+    for layer in record["routing"].values():
+        assert len(layer["expert_share"]) == 6
+        assert sum(layer["expert_share"]) == pytest.approx(1.0)
+        assert 0.0 <= layer["dropped_share"] < 1.0
+
+
+def test_dropless_hparam_reaches_the_moe_layers():
+    from domainbed.algorithms import get_algorithm_class
+    from domainbed.hparams_registry import default_hparams
+    from domainbed.moe import moe_layers
+
+    hparams = dict(default_hparams("SFMOE", "RotatedDigits"), capacity_factor=None, top_k=2)
+    algorithm = get_algorithm_class("SFMOE")((1, 32, 32), 10, 5, hparams)
+    layers = moe_layers(algorithm.network).values()
+    assert [(m.capacity_factor, m.top_k) for m in layers] == [(None, 2), (None, 2)]

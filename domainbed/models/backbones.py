@@ -30,8 +30,13 @@ def is_moe_backbone(name: str) -> bool:
 
 
 def moe_kwargs(hparams: dict) -> dict:
-    """The sparse-MoE settings of a GMoE backbone, as model keyword arguments."""
-    return {key: hparams[key] for key in MOE_HPARAMS if key in hparams}
+    """The sparse-MoE settings of a GMoE backbone, as model keyword arguments.
+
+    ``capacity_factor: null`` (dropless) is passed as "dropless": timm.create_model drops None kwargs."""
+    kwargs = {key: hparams[key] for key in MOE_HPARAMS if key in hparams}
+    if "capacity_factor" in kwargs and kwargs["capacity_factor"] is None:
+        kwargs["capacity_factor"] = "dropless"
+    return kwargs
 
 
 def _is_transformer(model_name: str) -> bool:
@@ -52,6 +57,7 @@ def build_network(input_shape: tuple[int, ...], num_classes: int, hparams: dict)
         kwargs.update(img_size=tuple(input_shape[1:]), drop_path_rate=hparams.get("drop_path_rate", 0.0))
     if is_moe_backbone(name):
         kwargs.update(moe_kwargs(hparams))
+    kwargs.update(hparams.get("backbone_kwargs") or {})
 
     pretrained = bool(hparams.get("pretrained", False))
     weights_file = hparams.get("pretrained_file") or ""

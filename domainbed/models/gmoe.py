@@ -9,6 +9,11 @@ The micro pair (``vit_micro_patch4_32`` dense, ``gmoe_micro_patch4_32`` sparse) 
 digit images on CPU: width 64, depth 6, 4 heads, MLP ratio 4, patch 4 -> 64 patch tokens at 32 px,
 about 0.3M dense parameters, so a training step at batch 96 takes a fraction of a second on CPU.
 It has no published weights.
+
+MoE keyword arguments (``moe_blocks``, ``num_experts``, ``top_k``, ``router``, ``capacity_factor``,
+``gate_noise``, ``expert_dropout``, ``router_dim``, ``aux_loss``) go to ``SparseMoE``; all others to
+timm's ``VisionTransformer``. ``timm.create_model`` drops None-valued kwargs, so ask for dropless
+routing with ``capacity_factor="dropless"``.
 """
 
 from __future__ import annotations

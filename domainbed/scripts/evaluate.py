@@ -1,0 +1,49 @@
+"""Per-environment accuracy of a checkpoint:
+``python -m domainbed.scripts.evaluate --checkpoint model.pkl --data_dir D --dataset PACS``.
+
+Works for our model.pkl files and for the authors' (SF-MoE code) ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from ..checkpoints import UnsafeCheckpointError, load_checkpoint
+from ..evaluation import evaluate_environments
+from ..distributed import DistEnv
+from ..training import pick_device
+from ._cli import run_main
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Per-environment accuracy of a trained model")
+    parser.add_argument("--checkpoint", required=True, help="a model.pkl")
+    parser.add_argument("--data_dir", default="./domainbed/data")
+    parser.add_argument("--dataset", default=None, help="default: the dataset the model was trained on")
+    parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--allow_unsafe_pickle", action="store_true",
+                        help="allow full unpickling (runs code stored in the file: trusted files only)")
+    return parser
+
+
+def main(argv: list[str] | None = None):
+    args = build_parser().parse_args(argv)
+    device = pick_device(args.device, DistEnv())
+    algorithm = load_checkpoint(args.checkpoint, device, args.allow_unsafe_pickle)
+    trained = algorithm.checkpoint_args
+    dataset = args.dataset or trained.get("dataset")
+    if dataset is None:
+        raise ValueError("the checkpoint does not name its dataset; pass --dataset")
+    results = evaluate_environments(algorithm, dataset, args.data_dir, algorithm.hparams,
+                                    args.batch_size, device)
+    test_envs = trained.get("test_envs", []) if dataset == trained.get("dataset") else []
+    print(f"{'env':>3}  {'name':<14} {'images':>7}  {'accuracy':>8}")
+    for result in results:
+        role = "  (test)" if result.index in test_envs else ""
+        print(f"{result.index:>3}  {result.name:<14} {result.n:>7}  {100 * result.accuracy:>7.2f}%{role}")
+    return results
+
+
+if __name__ == "__main__":
+    run_main(main, (FileNotFoundError, ValueError, UnsafeCheckpointError))

@@ -1,0 +1,106 @@
+"""model.pkl loading: ours, the authors' layout, and refusing files that would run code."""
+
+import argparse
+import os
+import subprocess
+import sys
+
+import pytest
+import timm
+import torch
+
+from domainbed.checkpoints import UnsafeCheckpointError, load_checkpoint, read_checkpoint_file
+from domainbed.scripts import evaluate, train
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ckpt") / "run"
+    train.main(["--dataset", "RotatedDigits", "--algorithm", "SFMOE", "--test_env", "1", "--steps", "2",
+                "--checkpoint_freq", "5", "--hparams", '{"batch_size": 8}', "--output_dir", str(out)])
+    return out
+
+
+def test_our_checkpoint_predicts_like_the_trained_model(trained_run):
+    algorithm = load_checkpoint(trained_run / "model.pkl")
+    assert type(algorithm).__name__ == "SFMOE" and algorithm.checkpoint_args["test_envs"] == [1]
+    saved = torch.load(trained_run / "model.pkl", weights_only=True)["model_dict"]
+    assert all(torch.equal(saved[k], v) for k, v in algorithm.state_dict().items())
+    x = torch.rand(5, 1, 32, 32)
+    assert algorithm.predict(x).shape == (5, 10)
+
+
+def test_evaluate_prints_every_environment(trained_run, capsys):
+    results = evaluate.main(["--checkpoint", str(trained_run / "model.pkl")])
+    assert [r.name for r in results] == ["0", "15", "30", "45", "60", "75"]
+    assert sum(r.n for r in results) == 1797
+    out = capsys.readouterr().out
+    assert "(test)" in out.splitlines()[2] and out.count("(test)") == 1  # env 1 is the test env
+
+
+def _authors_state_dict(reference: torch.nn.Module, moe_blocks: list[int]) -> dict:
+    """The authors' model_dict of ``reference`` written out by hand from method.md's layout."""
+    state = {}
+    for key, value in reference.state_dict().items():
+        block = key.split(".")[1] if key.startswith("blocks.") else None
+        if block is not None and int(block) in moe_blocks and ".mlp." in key:
+            continue
+        state["model." + key] = value.clone()
+    for i in moe_blocks:
+        layer = reference.blocks[i].mlp
+        router, experts = layer.router, layer.experts
+        prefix = f"model.blocks.{i}.mlp."
+        state[prefix + "gates.0.temperature"] = router.log_scale.detach().clone().reshape(1)
+        state[prefix + "gates.0.cosine_projector.weight"] = router.projection.weight.detach().clone()
+        state[prefix + "gates.0.cosine_projector.bias"] = router.projection.bias.detach().clone()
+        state[prefix + "gates.0.sim_matrix"] = router.expert_embeddings.detach().clone()
+        state[prefix + "experts.batched_fc1_w"] = experts.fc1_weight.detach().clone()      # [E, H, D]
+        state[prefix + "experts.batched_fc1_bias"] = experts.fc1_bias.detach().clone()
+        state[prefix + "experts.batched_fc2_w"] = experts.fc2_weight.detach().transpose(1, 2).clone()  # in x out
+        state[prefix + "experts.batched_fc2_bias"] = experts.fc2_bias.detach().clone()
+    return state
+
+
+def test_authors_checkpoint_loads_and_predicts_like_their_model(tmp_path):
+    torch.manual_seed(0)
+    # A small model of the authors' shape: timm ViT, MoE FFN (cosine router, 4 experts) in blocks 2 and 4.
+    reference = timm.create_model("gmoe_small_patch16_224", num_classes=7, img_size=32, patch_size=8,
+                                  embed_dim=64, depth=6, num_heads=1, moe_blocks=[2, 4], num_experts=4,
+                                  drop_path_rate=0.0).eval()
+    for p in reference.parameters():  # make the experts differ, as after training
+        p.data.add_(0.02 * torch.randn_like(p))
+    assert reference.blocks[2].mlp.router.expert_embeddings.shape == (256, 4)
+    saved = {"args": argparse.Namespace(dataset="PACS", algorithm="GMOE", test_envs=[0]),
+             "model_input_shape": (3, 32, 32), "model_num_classes": 7, "model_num_domains": 3,
+             "model_hparams": {"lr": 3e-5, "batch_size": 32}, "model_dict": _authors_state_dict(reference, [2, 4])}
+    path = tmp_path / "authors_model.pkl"
+    torch.save(saved, path)
+
+    algorithm = load_checkpoint(path)
+    x = torch.rand(6, 3, 32, 32)
+    with torch.no_grad():
+        expected = reference(x)
+    assert torch.allclose(algorithm.predict(x), expected, atol=1e-5)
+    assert algorithm.hparams["moe_blocks"] == [2, 4] and algorithm.hparams["num_experts"] == 4
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
+    marker = tmp_path / "pwned"
+    payload = _RunsCode()
+    payload.marker = marker
+    path = tmp_path / "evil.pkl"
+    torch.save({"model_dict": {}, "model_num_classes": 2, "payload": payload}, path)
+    with pytest.raises(UnsafeCheckpointError, match="--allow_unsafe_pickle"):
+        read_checkpoint_file(path)
+    assert not marker.exists()
+    # the command line says so in one line, exit code 2, nothing executed
+    result = subprocess.run([sys.executable, "-m", "domainbed.scripts.evaluate", "--checkpoint", str(path)],
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and not marker.exists()
+    assert result.stderr.startswith("error: ") and "allow_unsafe_pickle" in result.stderr
+    assert "Traceback" not in result.stderr

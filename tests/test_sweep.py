@@ -1,0 +1,230 @@
+"""Sweeps: DomainBed's job list, folders and seeds; job states; launching with every launcher."""
+
+import fcntl
+import hashlib
+import io
+import json
+import os
+
+import pytest
+
+from domainbed.launchers import LOCK_FILE, STDERR_FILE
+from domainbed.records import load_records
+from domainbed.reporting import format_results
+from domainbed.scripts import sweep as sweep_cli
+from domainbed.sweep import (JobState, count_states, delete_incomplete, jobs_to_launch, make_jobs,
+                             make_train_args, status_report, all_test_env_combinations)
+
+TINY = ["--datasets", "RotatedDigits", "--algorithms", "ERM", "--n_trials", "1", "--single_test_envs",
+        "--steps", "3", "--hparams", '{"batch_size": 8}', "--skip_confirmation"]
+
+
+def tiny_sweep(output_dir, *extra):
+    return ["launch", *TINY, "--output_dir", str(output_dir), *extra]
+
+
+def domainbed_seed(*args):
+    return int(hashlib.md5(str(args).encode("utf-8")).hexdigest(), 16) % 2**31
+
+
+# ----------------------------------------------------------------------------------------------
+# job list, seeds, folders
+
+def test_job_counts_follow_domainbed():
+    # RotatedDigits has 6 environments: 6 single test envs + C(6, 2) = 15 pairs
+    assert len(all_test_env_combinations(6)) == 21
+    assert all_test_env_combinations(3) == [[0], [0, 1], [0, 2], [1], [1, 2], [2]]  # DomainBed's order
+    full = make_train_args(["RotatedDigits"], ["ERM", "SFMOE"], "data", n_trials=2,
+                           n_hparams_from=1, n_hparams=3)
+    assert len(full) == 2 * 2 * 21 * 2
+    single = make_train_args(["RotatedDigits", "PACS"], ["ERM"], "data", n_trials=3, n_hparams=20,
+                             single_test_envs=True)
+    assert len(single) == 3 * (6 + 4) * 20
+    # --test_envs 1: env 1 alone, plus its 5 pairs (leave-one-domain-out selection needs them)
+    limited = make_train_args(["RotatedDigits"], ["ERM"], "data", n_trials=1, n_hparams=1, test_envs=[1])
+    assert [a["test_envs"] for a in limited] == [[0, 1], [1], [1, 2], [1, 3], [1, 4], [1, 5]]
+    assert {a["hparams_seed"] for a in full} == {1, 2} and {a["trial_seed"] for a in full} == {0, 1}
+
+
+def test_train_args_seed_and_folder_follow_domainbed_formulas(tmp_path):
+    args_list = make_train_args(["RotatedDigits"], ["ERM"], "/data", n_trials=2, n_hparams=2,
+                                test_envs=[2], steps=7, hparams='{"lr": 0.1}')
+    pair = next(a for a in args_list if a["test_envs"] == [2, 4] and a["trial_seed"] == 1
+                and a["hparams_seed"] == 1)
+    expected = {"dataset": "RotatedDigits", "algorithm": "ERM", "test_envs": [2, 4],
+                "holdout_fraction": 0.2, "hparams_seed": 1, "data_dir": "/data",
+                "task": "domain_generalization", "trial_seed": 1,
+                "seed": domainbed_seed("RotatedDigits", "ERM", [2, 4], 1, 1), "steps": 7,
+                "hparams": '{"lr": 0.1}'}
+    assert pair == expected
+    # without --steps/--hparams those keys are absent (so DomainBed's folders are reproduced)
+    plain = make_train_args(["RotatedDigits"], ["ERM"], "/data", n_trials=1, n_hparams=1, test_envs=[2],
+                            single_test_envs=True)
+    assert set(plain[0]) == set(expected) - {"steps", "hparams"}
+
+    job = next(j for j in make_jobs(args_list, str(tmp_path / "sweep")) if j.train_args["test_envs"] == [2, 4]
+               and j.train_args["trial_seed"] == 1 and j.train_args["hparams_seed"] == 1)
+    folder = hashlib.md5(json.dumps(expected, sort_keys=True).encode("utf-8")).hexdigest()
+    assert job.output_dir == str(tmp_path / "sweep" / folder)
+    command = list(job.command)
+    assert command[1:3] == ["-m", "domainbed.scripts.train"]
+    assert command[command.index("--test_envs"):][:3] == ["--test_envs", "2", "4"]
+    assert command[command.index("--output_dir") + 1] == job.output_dir
+    # a non-zero sweep --seed changes every job's seed, hence its folder
+    reseeded = make_train_args(["RotatedDigits"], ["ERM"], "/data", n_trials=1, n_hparams=1,
+                               single_test_envs=True, test_envs=[2], sweep_seed=5)
+    assert reseeded[0]["seed"] != plain[0]["seed"]
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(datasets=["Nope"]), "unknown dataset"),
+    (dict(algorithms=["Nope"]), "Nope"),
+    (dict(test_envs=[6]), "out of range"),
+    (dict(n_hparams_from=3, n_hparams=3), "n_hparams_from"),
+    (dict(hparams="{lr: 1}"), "not valid JSON"),
+])
+def test_bad_sweep_arguments_are_named(bad, message):
+    kwargs = dict(datasets=["RotatedDigits"], algorithms=["ERM"], data_dir="d") | bad
+    with pytest.raises(ValueError, match=message):
+        make_train_args(**kwargs)
+
+
+def test_states_status_and_delete_incomplete_on_a_hand_built_tree(tmp_path):
+    jobs = make_jobs(make_train_args(["RotatedDigits"], ["ERM"], "d", n_trials=1, n_hparams=4,
+                                     single_test_envs=True, test_envs=[0]), str(tmp_path))
+    done, incomplete, running, new = jobs
+    for job in (done, incomplete, running):
+        os.makedirs(job.output_dir)
+    open(os.path.join(done.output_dir, "done"), "w").close()
+    assert [j.state for j in jobs] == [JobState.DONE, JobState.INCOMPLETE, JobState.INCOMPLETE,
+                                       JobState.NOT_LAUNCHED]
+    assert count_states(jobs) == {JobState.DONE: 1, JobState.INCOMPLETE: 2, JobState.NOT_LAUNCHED: 1}
+    report = status_report(jobs)
+    assert report.splitlines()[0] == "4 jobs: 1 done, 2 incomplete, 1 not launched"
+    assert report.splitlines()[-1].split()[-4:] == ["ERM", "1", "2", "1"]
+    assert jobs_to_launch(jobs) == [incomplete, running, new]  # incomplete ones resume, not restart
+
+    with open(os.path.join(running.output_dir, LOCK_FILE), "a") as lock:  # a live job holds its lock
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        deleted, kept = delete_incomplete(jobs)
+    assert deleted == [incomplete] and kept == [running]
+    assert not os.path.exists(incomplete.output_dir) and os.path.exists(running.output_dir)
+    assert os.path.exists(done.output_dir)
+
+
+def test_launch_without_a_terminal_asks_for_skip_confirmation(tmp_path, monkeypatch):
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))
+    argv = [a for a in tiny_sweep(tmp_path / "sweep") if a != "--skip_confirmation"]
+    with pytest.raises(ValueError, match="--skip_confirmation"):
+        sweep_cli.main(argv)
+    assert not (tmp_path / "sweep").exists()
+
+
+def test_dummy_launcher_prints_the_commands_and_runs_nothing(tmp_path, capsys):
+    sweep_cli.main(tiny_sweep(tmp_path / "sweep", "--n_hparams", "2", "--test_envs", "3",
+                              "--command_launcher", "dummy"))
+    lines = [l for l in capsys.readouterr().out.splitlines() if l.startswith("Dummy launcher:")]
+    assert len(lines) == 2 and all("-m domainbed.scripts.train" in l and "--test_envs 3" in l for l in lines)
+    assert not (tmp_path / "sweep").exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# launching real (tiny) jobs
+
+def read_steps(folder):
+    with open(os.path.join(folder, "results.jsonl")) as handle:
+        return [json.loads(line)["step"] for line in handle]
+
+
+def check_collectable(output_dir, n_runs):
+    loaded = load_records(output_dir)
+    assert loaded.n_runs == n_runs and loaded.n_incomplete_runs == 0
+    assert len(loaded.records) == 2 * n_runs  # steps 0 and 2 of each run
+    table = format_results(loaded.records)
+    erm_row = next(line for line in table.splitlines() if line.startswith("ERM"))
+    cells = erm_row.split()[1:]
+    assert 0.0 <= float(cells[0]) <= 100.0 and cells[1] == "+/-"  # the held-out env has a result
+
+
+@pytest.mark.slow
+def test_pool_sweep_resumes_incomplete_jobs_and_skips_done_ones(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "sweep"
+    argv = tiny_sweep(out, "--n_hparams", "2", "--test_envs", "0", "--command_launcher", "pool",
+                      "--max_parallel", "2")
+    fresh, interrupted = make_jobs(make_train_args(["RotatedDigits"], ["ERM"], "./domainbed/data",
+                                                   n_trials=1, n_hparams=2, single_test_envs=True,
+                                                   test_envs=[0], steps=3, hparams='{"batch_size": 8}'),
+                                   str(out))
+    # interrupt the second job after its step-0 checkpoint, as a crash or a kill would
+    from domainbed.algorithms.erm import ERM
+    from domainbed.scripts import train
+    original_update, calls = ERM.update, []
+
+    def crash_at_step_1(self, minibatches, unlabeled=None):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return original_update(self, minibatches, unlabeled)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(ERM, "update", crash_at_step_1)
+        with pytest.raises(KeyboardInterrupt):
+            train.main(list(interrupted.command[3:]))
+    assert interrupted.state == JobState.INCOMPLETE and read_steps(interrupted.output_dir) == [0]
+
+    results = sweep_cli.main(argv)
+    assert [r.returncode for r in results] == [0, 0]
+    assert fresh.state == interrupted.state == JobState.DONE
+    assert read_steps(fresh.output_dir) == read_steps(interrupted.output_dir) == [0, 2]
+    with open(os.path.join(interrupted.output_dir, "out.txt")) as handle:
+        assert "Resuming from the checkpoint of step 0" in handle.read()
+    with open(os.path.join(fresh.output_dir, "out.txt")) as handle:
+        assert "Resuming" not in handle.read()
+
+    stamps = [os.stat(os.path.join(j.output_dir, "results.jsonl")).st_mtime_ns for j in (fresh, interrupted)]
+    capsys.readouterr()
+    assert sweep_cli.main(argv) == []  # everything done: nothing runs again
+    assert "nothing to launch" in capsys.readouterr().out
+    assert stamps == [os.stat(os.path.join(j.output_dir, "results.jsonl")).st_mtime_ns
+                      for j in (fresh, interrupted)]
+    check_collectable(out, 2)
+
+
+@pytest.mark.slow
+def test_a_failing_job_is_reported_and_does_not_stop_the_sweep(tmp_path, capsys):
+    argv = ["launch", "--datasets", "RotatedDigits", "--algorithms", "ERM", "--n_trials", "1",
+            "--n_hparams", "1", "--single_test_envs", "--test_envs", "0", "--steps", "3",
+            "--hparams", '{"no_such_hparam": 1}', "--skip_confirmation", "--output_dir", str(tmp_path)]
+    with pytest.raises(SystemExit) as exit_info:
+        sweep_cli.main(argv)
+    assert exit_info.value.code == 1
+    report = capsys.readouterr().out
+    assert "0 of 1 jobs finished, 1 failed" in report
+    assert "error: unknown hparam(s) no_such_hparam" in report  # the job's own one-line error
+    (folder,) = [p for p in tmp_path.iterdir()]
+    assert (folder / STDERR_FILE).exists() and not (folder / "done").exists()
+
+
+@pytest.mark.slow
+def test_ray_sweep_on_a_local_ray(tmp_path):
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        results = sweep_cli.main(tiny_sweep(tmp_path, "--n_hparams", "2", "--test_envs", "1",
+                                            "--command_launcher", "ray"))
+        assert ray.is_initialized()  # a Ray the caller started is left running for the caller
+    finally:
+        ray.shutdown()
+    assert [r.returncode for r in results] == [0, 0]
+    check_collectable(tmp_path, 2)
+
+
+@pytest.mark.slow
+def test_slurm_sweep_through_submitits_local_executor(tmp_path):
+    pytest.importorskip("submitit")
+    results = sweep_cli.main(tiny_sweep(tmp_path / "sweep", "--n_hparams", "1", "--test_envs", "2",
+                                        "--command_launcher", "slurm", "--slurm_executor", "local",
+                                        "--slurm_time", "10", "--slurm_log_dir", str(tmp_path / "logs")))
+    assert [r.returncode for r in results] == [0]
+    assert list((tmp_path / "logs").glob("*_result.pkl"))  # it did go through submitit
+    check_collectable(tmp_path / "sweep", 1)
