@@ -49,6 +49,19 @@ class TrainingDiverged(RunError):
     pass
 
 
+@contextlib.contextmanager
+def _data_errors_as_run_errors():
+    """A corrupt file found while loading stops the run with the loader's own one-line message
+    (DataLoader workers wrap it in a traceback text; keep its last line)."""
+    try:
+        yield
+    except (ValueError, OSError) as error:
+        lines = [line for line in str(error).splitlines() if line.strip()]
+        message = lines[-1].split(": ", 1)[-1] if lines and lines[-1].startswith(("ValueError", "OSError")) \
+            else (lines[-1] if lines else type(error).__name__)
+        raise RunError(f"{message} (the last checkpoint is kept; rerun the same command to resume)") from error
+
+
 @dataclass
 class TrainConfig:
     """DomainBed's train flags, plus the ones a GPU user expects."""
@@ -319,11 +332,21 @@ def _run(config: TrainConfig, dist_env: DistEnv) -> dict:
         raise RunError(str(error)) from None
     _validate(config, dataset)
 
+    # Build the model before touching the output folder: a bad backbone or missing weights must
+    # not leave a trace in (or next to) an earlier run's files.
+    device = pick_device(config.device, dist_env)
+    seed_everything(config.seed)
+    try:
+        algorithm = get_algorithm_class(config.algorithm)(
+            dataset.input_shape, dataset.num_classes, len(dataset) - len(config.test_envs), hparams).to(device)
+    except (ValueError, PretrainedWeightsError) as error:
+        raise RunError(str(error)) from None
+
     if dist_env.is_main:
         output_dir.mkdir(parents=True, exist_ok=True)
     dist_env.barrier()
     with _logging_to(output_dir, dist_env.is_main):
-        return _train(config, dist_env, hparams, dataset, output_dir)
+        return _train(config, dist_env, hparams, dataset, algorithm, device, output_dir)
 
 
 def _describe_environment(config, hparams, device) -> None:
@@ -345,9 +368,8 @@ def _describe_environment(config, hparams, device) -> None:
         print(f"\t{key}: {value}")
 
 
-def _train(config: TrainConfig, dist_env: DistEnv, hparams: dict, dataset, output_dir: Path) -> dict:
-    device = pick_device(config.device, dist_env)
-    seed_everything(config.seed)
+def _train(config: TrainConfig, dist_env: DistEnv, hparams: dict, dataset, algorithm, device: torch.device,
+           output_dir: Path) -> dict:
     if dist_env.is_main:
         _describe_environment(config, hparams, device)
     torch.backends.cudnn.deterministic = device.type != "cuda" or not config.compile
@@ -365,12 +387,6 @@ def _train(config: TrainConfig, dist_env: DistEnv, hparams: dict, dataset, outpu
         num_workers = 0 if tensor_data else min(dataset.N_WORKERS, os.cpu_count() or 1)
     pin = device.type == "cuda"
 
-    algorithm_class = get_algorithm_class(config.algorithm)
-    try:
-        algorithm = algorithm_class(dataset.input_shape, dataset.num_classes,
-                                    len(dataset) - len(config.test_envs), hparams).to(device)
-    except (ValueError, PretrainedWeightsError) as error:
-        raise RunError(str(error)) from None
     algorithm.autocast_dtype = torch.bfloat16 if config.precision == "bf16" else None
 
     state_path = output_dir / STATE_FILE
@@ -426,9 +442,12 @@ def _train(config: TrainConfig, dist_env: DistEnv, hparams: dict, dataset, outpu
     try:
         for step in range(start_step, n_steps):
             step_start = time.time()
+            with _data_errors_as_run_errors():
+                batches = [next(it) for it in train_iterators]
+                unlabeled_batches = [next(it) for it in uda_iterators]
             minibatches = [(x[rank_slice].to(device, non_blocking=True), y[rank_slice].to(device, non_blocking=True))
-                           for x, y in (next(it) for it in train_iterators)]
-            unlabeled = [x[rank_slice].to(device) for x, _ in (next(it) for it in uda_iterators)] or None
+                           for x, y in batches]
+            unlabeled = [x[rank_slice].to(device) for x, _ in unlabeled_batches] or None
             values = algorithm.update(minibatches, unlabeled)
             if not math.isfinite(values.get("loss", 0.0)):
                 kept = (f"the last good checkpoint (step {state_step(state_path)}) is kept in {output_dir}"
@@ -507,7 +526,7 @@ def _checkpoint_record(config, hparams, step, steps_per_epoch, step_times, check
     }
     for key, values in checkpoint_values.items():
         record[key] = float(np.mean(values))
-    with _unwrapped(algorithm, network):
+    with _unwrapped(algorithm, network), _data_errors_as_run_errors():
         for name, loader in eval_loaders:
             record[f"{name}_acc"] = accuracy(algorithm, loader, device)
     return record

@@ -1,0 +1,156 @@
+"""Every bad input a user can give the train command: a one-line message naming the problem and the
+fix, exit code 2, and the work already in the output folder left as it was."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from domainbed.scripts import train
+from domainbed.scripts._cli import run_main
+from domainbed.training import RunError
+
+PACS_ENVS = ("art_painting", "cartoon", "photo", "sketch")
+SMALL_IMAGES = '{"backbone": "vit_micro_patch4_32", "pretrained": false, "image_size": 32, "batch_size": 4}'
+
+
+def make_pacs(root, empty_env=None, corrupt=False):
+    for env in PACS_ENVS:
+        for cls in ("dog", "horse"):
+            folder = root / "PACS" / env / cls
+            folder.mkdir(parents=True)
+            if env == empty_env:
+                continue
+            for i in range(3):
+                Image.new("RGB", (16, 16), (40 * i, 80, 120)).save(folder / f"{i}.png")
+    if corrupt:
+        (root / "PACS" / "cartoon" / "dog" / "0.png").write_bytes(b"not an image at all")
+    return root
+
+
+@pytest.fixture(scope="module")
+def interrupted_run(tmp_path_factory):
+    """An output folder holding an interrupted run: records and a resume state at step 2."""
+    from domainbed.algorithms.erm import ERM
+
+    out = tmp_path_factory.mktemp("bad") / "run"
+    original = ERM.update
+    calls = {"n": 0}
+
+    def stop_at_step_3(self, minibatches, unlabeled=None):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return original(self, minibatches, unlabeled)
+
+    ERM.update = stop_at_step_3
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train.main(["--dataset", "RotatedDigits", "--steps", "6", "--checkpoint_freq", "2",
+                        "--hparams", '{"batch_size": 4}', "--output_dir", str(out)])
+    finally:
+        ERM.update = original
+    assert (out / "checkpoint.pt").exists() and (out / "results.jsonl").exists()
+    return out
+
+
+def snapshot(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def run_cli(argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(lambda: train.main(argv), (RunError,))
+    err = capsys.readouterr().err.strip().splitlines()
+    return exit_info.value.code, err[-1] if err else ""
+
+
+CASES = {
+    "unknown dataset": (["--dataset", "Nope"], r"unknown dataset 'Nope'; known datasets: .*PACS.*RotatedDigits"),
+    "unknown algorithm": (["--algorithm", "Nope"], r"unknown algorithm 'Nope'; known algorithms: ERM, SFMOE"),
+    "test env out of range": (["--test_envs", "9"], r"9.*out of range.*0-5|9.*range"),
+    "hparams not JSON": (["--hparams", "{lr: 1"], r"--hparams is not valid JSON.*example"),
+    "hparams not an object": (["--hparams", "[1]"], r"--hparams must be a JSON object"),
+    "unknown hparam": (["--hparams", '{"lrr": 0.1}'], r"unknown hparam\(s\) lrr for ERM on RotatedDigits; known: .*lr"),
+    "unknown backbone": (["--hparams", '{"backbone": "resnet9000"}'], r"unknown backbone 'resnet9000'"),
+    "pretrained weights unavailable": (["--hparams", '{"backbone": "vit_micro_patch4_32", "pretrained": true}'],
+                                       r"could not load pretrained weights .*pretrained_file"),
+    "missing pretrained file": (["--hparams", '{"pretrained_file": "/nowhere/w.pth"}'],
+                                r"pretrained_file '/nowhere/w.pth' does not exist"),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_flags_leave_an_interrupted_run_untouched(case, interrupted_run, capsys):
+    flags, message = CASES[case]
+    before = snapshot(interrupted_run)
+    argv = ["--dataset", "RotatedDigits", "--steps", "6", "--checkpoint_freq", "2",
+            "--hparams", '{"batch_size": 4}', "--output_dir", str(interrupted_run)]
+    for i in range(0, len(flags), 2):  # a flag given in the case replaces the base one
+        if flags[i] in argv:
+            argv[argv.index(flags[i]) + 1] = flags[i + 1]
+        else:
+            argv += flags[i:i + 2]
+    code, line = run_cli(argv, capsys)
+    assert code == 2
+    assert line.startswith("error: ")
+    assert __import__("re").search(message, line), line
+    assert snapshot(interrupted_run) == before
+
+
+def test_missing_data_names_the_download_command(tmp_path, capsys):
+    code, line = run_cli(["--dataset", "PACS", "--data_dir", str(tmp_path), "--output_dir", str(tmp_path / "o")], capsys)
+    assert code == 2
+    assert f"python -m domainbed.scripts.download --data_dir {tmp_path} --datasets PACS" in line
+    assert not (tmp_path / "o").exists()
+
+
+def test_empty_environment_is_named(tmp_path, capsys):
+    make_pacs(tmp_path, empty_env="photo")
+    code, line = run_cli(["--dataset", "PACS", "--data_dir", str(tmp_path), "--hparams", SMALL_IMAGES,
+                          "--output_dir", str(tmp_path / "o")], capsys)
+    assert code == 2 and "photo" in line and "no images" in line
+
+
+def test_corrupt_image_stops_with_the_file_name(tmp_path, capsys):
+    make_pacs(tmp_path, corrupt=True)
+    code, line = run_cli(["--dataset", "PACS", "--data_dir", str(tmp_path), "--test_envs", "0",
+                          "--steps", "3", "--hparams", SMALL_IMAGES, "--num_workers", "1",
+                          "--output_dir", str(tmp_path / "o")], capsys)
+    assert code == 2
+    assert "cannot read image" in line and "cartoon/dog/0.png" in line and "rerun" in line
+    assert not (tmp_path / "o" / "done").exists()
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, capsys):
+    out = tmp_path / "nan"
+    code, line = run_cli(["--dataset", "RotatedDigits", "--steps", "50", "--checkpoint_freq", "1",
+                          "--hparams", '{"batch_size": 4, "lr": 1e30}', "--output_dir", str(out)], capsys)
+    assert code == 2
+    match = __import__("re").search(r"loss became nan at step (\d+); the last good checkpoint \(step (\d+)\)", line)
+    assert match, line
+    failed, kept = int(match[1]), int(match[2])
+    assert kept == failed - 1
+    records = [json.loads(l) for l in (out / "results.jsonl").read_text().splitlines()]
+    assert records[-1]["step"] == kept and not (out / "done").exists()
+
+
+def test_finished_run_is_kept(tmp_path, capsys):
+    out = tmp_path / "done_run"
+    train.main(["--dataset", "RotatedDigits", "--steps", "1", "--hparams", '{"batch_size": 4}',
+                "--output_dir", str(out)])
+    before = snapshot(out)
+    code, line = run_cli(["--dataset", "RotatedDigits", "--steps", "1", "--output_dir", str(out)], capsys)
+    assert code == 2 and "already holds a finished run" in line
+    assert snapshot(out) == before
+
+
+def test_the_real_command_prints_one_line(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "domainbed.scripts.train", "--dataset", "Nope",
+                             "--output_dir", str(tmp_path / "o")], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+    assert result.stderr.startswith("error: unknown dataset 'Nope'")

@@ -1,0 +1,90 @@
+"""A run killed with SIGKILL (no chance to clean up) and started again ends exactly like a run that was
+never interrupted: same records (timing aside), same weights."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from domainbed.training import TIMING_KEYS
+
+ROOT = Path(__file__).resolve().parent.parent
+STEPS, CHECKPOINT_FREQ = 40, 5
+N_RECORDS = len(range(0, STEPS, CHECKPOINT_FREQ)) + 1  # steps 0, 5, ..., 35 and the last, 39
+
+
+def train_command(output_dir: Path) -> list[str]:
+    return [sys.executable, "-m", "domainbed.scripts.train", "--dataset", "RotatedDigits",
+            "--algorithm", "ERM", "--test_envs", "0", "--steps", str(STEPS),
+            "--checkpoint_freq", str(CHECKPOINT_FREQ), "--hparams", '{"batch_size": 8}',
+            "--output_dir", str(output_dir), "--no-progress"]
+
+
+def environment() -> dict:
+    # one thread each: the two runs share the cores, and the same thread count on both sides
+    return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+
+
+def n_lines(path: Path) -> int:
+    return path.read_text().count("\n") if path.exists() else 0
+
+
+def comparable_records(run_dir: Path) -> list[str]:
+    """Each record as sorted JSON, without timing and the output folder (the only allowed diffs)."""
+    lines = []
+    for line in (run_dir / "results.jsonl").read_text().splitlines():
+        record = {k: v for k, v in json.loads(line).items() if k not in TIMING_KEYS}
+        record["args"].pop("output_dir")
+        lines.append(json.dumps(record, sort_keys=True))
+    return lines
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_sigkill_at_a_random_point_then_rerun_matches_an_uninterrupted_run(tmp_path):
+    rng = random.Random(20230501)
+    kill_after = rng.randint(1, N_RECORDS - 2)  # records written before the kill (>= 1 checkpoint)
+    extra_delay = rng.uniform(0.0, 0.3)  # lands anywhere: mid-step, mid-eval, mid-save
+    reference_dir, killed_dir = tmp_path / "reference", tmp_path / "killed"
+
+    reference = subprocess.Popen(train_command(reference_dir), env=environment(),
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    victim = subprocess.Popen(train_command(killed_dir), env=environment(),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 400
+        while n_lines(killed_dir / "results.jsonl") < kill_after or not (killed_dir / "checkpoint.pt").exists():
+            assert victim.poll() is None, "the run ended before it could be killed"
+            assert time.time() < deadline, "the run wrote no checkpoint in time"
+            time.sleep(0.02)
+        time.sleep(extra_delay)
+        victim.send_signal(signal.SIGKILL)
+        assert victim.wait() == -signal.SIGKILL
+    finally:
+        if victim.poll() is None:
+            victim.kill()
+    assert not (killed_dir / "done").exists()
+    assert n_lines(killed_dir / "results.jsonl") < N_RECORDS
+
+    subprocess.run(train_command(killed_dir), env=environment(), check=True, timeout=400,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert reference.wait(timeout=400) == 0
+    assert "Resuming from the checkpoint of step" in (killed_dir / "out.txt").read_text()
+
+    expected = comparable_records(reference_dir)
+    assert len(expected) == N_RECORDS
+    assert comparable_records(killed_dir) == expected
+
+    reference_model = torch.load(reference_dir / "model.pkl", weights_only=True)["model_dict"]
+    resumed_model = torch.load(killed_dir / "model.pkl", weights_only=True)["model_dict"]
+    assert reference_model.keys() == resumed_model.keys()
+    for name, tensor in reference_model.items():
+        assert torch.equal(tensor, resumed_model[name]), name
+    assert (killed_dir / "done").exists() and not (killed_dir / "checkpoint.pt").exists()
