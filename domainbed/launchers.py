@@ -26,6 +26,7 @@ LOCK_FILE = "sweep.lock"
 STDOUT_FILE = "sweep_out.txt"
 STDERR_FILE = "sweep_err.txt"
 ALREADY_RUNNING = "already running"
+SLURM_MAX_ARRAY = 1000  # Slurm's default MaxArraySize is 1001
 PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
 INSTALL_HINT = "pip install 'domainbed-sfmoe[sweep]'"
 
@@ -84,7 +85,7 @@ def run_job(spec: JobSpec, extra_env: dict[str, str] | None = None) -> JobResult
     folder = Path(spec.output_dir)
     folder.mkdir(parents=True, exist_ok=True)
     if (folder / DONE_FILE).exists():
-        return JobResult(spec.output_dir, None, "done")
+        return JobResult(spec.output_dir, None, "already done")
     with open(folder / LOCK_FILE, "a") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -93,8 +94,9 @@ def run_job(spec: JobSpec, extra_env: dict[str, str] | None = None) -> JobResult
         env = {**os.environ, **dict(spec.env), **(extra_env or {})}
         with open(folder / STDOUT_FILE, "a") as out, open(folder / STDERR_FILE, "a") as err:
             try:
+                # the job shares the lock: it stays held while the job lives, even if this process dies
                 process = subprocess.run(spec.command, cwd=spec.cwd, env=env, stdout=out, stderr=err,
-                                         stdin=subprocess.DEVNULL)
+                                         stdin=subprocess.DEVNULL, pass_fds=(lock.fileno(),))
             except OSError as error:  # e.g. the interpreter path does not exist on this node
                 err.write(f"could not start the job: {error}\n")
                 return JobResult(spec.output_dir, 127, str(error))
@@ -196,10 +198,11 @@ def ray_launcher(jobs: list[JobSpec], options: LauncherOptions) -> list[JobResul
     ray = _import_optional("ray")
     started_here = not ray.is_initialized()
     if started_here:
-        init_kwargs: dict = {"address": options.ray_address, "include_dashboard": False,
-                             "log_to_driver": False}
-        if options.ray_address is None and options.max_parallel:
-            init_kwargs["num_cpus"] = options.max_parallel * options.cpus_per_job
+        init_kwargs: dict = {"address": options.ray_address, "log_to_driver": False}
+        if options.ray_address is None:  # resources can only be declared for a Ray started here
+            init_kwargs["include_dashboard"] = False
+            if options.max_parallel:
+                init_kwargs["num_cpus"] = options.max_parallel * options.cpus_per_job
         ray.init(**init_kwargs)
     try:
         # Workers start wherever Ray put them: tell them where this package is (a no-op if installed).
@@ -261,7 +264,9 @@ def slurm_launcher(jobs: list[JobSpec], options: LauncherOptions) -> list[JobRes
         parameters["slurm_partition"] = options.slurm_partition
     parameters.update(options.slurm_extra)
     executor.update_parameters(**parameters)
-    submitted = executor.map_array(SubmititJob(), jobs)
+    submitted = []
+    for start in range(0, len(jobs), SLURM_MAX_ARRAY):  # Slurm refuses arrays above MaxArraySize
+        submitted += executor.map_array(SubmititJob(), jobs[start:start + SLURM_MAX_ARRAY])
     print(f"Slurm launcher: {len(submitted)} jobs submitted (logs in {log_dir}); waiting", flush=True)
     results = []
     for job, handle in zip(jobs, submitted):

@@ -170,8 +170,10 @@ def status_report(jobs: list[Job]) -> str:
     """Totals, then one line per (dataset, algorithm)."""
     states = [(job.train_args["dataset"], job.train_args["algorithm"], job.state) for job in jobs]
     totals = Counter(state for *_, state in states)
-    lines = [f"{len(jobs)} jobs: {totals[JobState.DONE]} done, {totals[JobState.INCOMPLETE]} incomplete, "
-             f"{totals[JobState.NOT_LAUNCHED]} not launched"]
+    n_running = sum(is_running(job.output_dir) for job in jobs if job.state == JobState.INCOMPLETE)
+    lines = [f"{len(jobs)} jobs: {totals[JobState.DONE]} done, {totals[JobState.INCOMPLETE]} incomplete"
+             + (f" ({n_running} running now)" if n_running else "")
+             + f", {totals[JobState.NOT_LAUNCHED]} not launched"]
     groups: dict[tuple[str, str], Counter] = {}
     for dataset, algorithm, state in states:
         groups.setdefault((dataset, algorithm), Counter())[state] += 1

@@ -16,8 +16,8 @@ import torch
 from domainbed.training import TIMING_KEYS
 
 ROOT = Path(__file__).resolve().parent.parent
-STEPS, CHECKPOINT_FREQ = 40, 5
-N_RECORDS = len(range(0, STEPS, CHECKPOINT_FREQ)) + 1  # steps 0, 5, ..., 35 and the last, 39
+STEPS, CHECKPOINT_FREQ = 20, 4
+N_RECORDS = len(range(0, STEPS, CHECKPOINT_FREQ)) + 1  # steps 0, 4, ..., 16 and the last, 19
 
 
 def train_command(output_dir: Path) -> list[str]:
@@ -60,7 +60,8 @@ def test_sigkill_at_a_random_point_then_rerun_matches_an_uninterrupted_run(tmp_p
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 400
-        while n_lines(killed_dir / "results.jsonl") < kill_after or not (killed_dir / "checkpoint.pt").exists():
+        records, state = killed_dir / "results.jsonl", killed_dir / "checkpoint.pt"
+        while n_lines(records) < kill_after or not state.exists():
             assert victim.poll() is None, "the run ended before it could be killed"
             assert time.time() < deadline, "the run wrote no checkpoint in time"
             time.sleep(0.02)

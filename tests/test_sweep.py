@@ -1,15 +1,19 @@
 """Sweeps: DomainBed's job list, folders and seeds; job states; launching with every launcher."""
 
+import concurrent.futures
 import fcntl
 import hashlib
 import io
 import json
 import os
 import re
+import sys
+import time
 
 import pytest
 
-from domainbed.launchers import LOCK_FILE, STDERR_FILE
+from domainbed.launchers import (ALREADY_RUNNING, LOCK_FILE, STDERR_FILE, STDOUT_FILE, JobSpec,
+                                 LauncherOptions, is_running, pool_launcher, run_job)
 from domainbed.records import load_records
 from domainbed.reporting import format_results
 from domainbed.scripts import sweep as sweep_cli
@@ -107,6 +111,8 @@ def test_states_status_and_delete_incomplete_on_a_hand_built_tree(tmp_path):
 
     with open(os.path.join(running.output_dir, LOCK_FILE), "a") as lock:  # a live job holds its lock
         fcntl.flock(lock, fcntl.LOCK_EX)
+        assert status_report(jobs).splitlines()[0] == \
+            "4 jobs: 1 done, 2 incomplete (1 running now), 1 not launched"
         deleted, kept = delete_incomplete(jobs)
     assert deleted == [incomplete] and kept == [running]
     assert not os.path.exists(incomplete.output_dir) and os.path.exists(running.output_dir)
@@ -230,3 +236,37 @@ def test_slurm_sweep_through_submitits_local_executor(tmp_path):
     assert [r.returncode for r in results] == [0]
     assert list((tmp_path / "logs").glob("*_result.pkl"))  # it did go through submitit
     check_collectable(tmp_path / "sweep", 1, test_env=2)
+
+
+# ----------------------------------------------------------------------------------------------
+# launcher mechanics, with stand-in commands instead of training
+
+def stand_in_job(folder, code):
+    return JobSpec((sys.executable, "-c", code), str(folder), os.getcwd())
+
+
+def test_pool_runs_jobs_side_by_side_each_on_its_own_gpu(tmp_path, monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    code = ("import os, time; start = time.time(); time.sleep(1.0); "
+            "print(os.environ['CUDA_VISIBLE_DEVICES'], start, time.time())")
+    jobs = [stand_in_job(tmp_path / f"job{i}", code) for i in range(2)]
+    results = pool_launcher(jobs, LauncherOptions())  # default: one job per visible GPU
+    assert [r.returncode for r in results] == [0, 0]
+    runs = [(tmp_path / f"job{i}" / STDOUT_FILE).read_text().split() for i in range(2)]
+    assert sorted(gpu for gpu, _, _ in runs) == ["3", "5"]
+    (_, start_a, end_a), (_, start_b, end_b) = [(g, float(s), float(e)) for g, s, e in runs]
+    assert start_a < end_b and start_b < end_a  # they overlapped
+
+
+def test_a_job_folder_is_trained_by_one_process_at_a_time(tmp_path):
+    job = stand_in_job(tmp_path / "job", "import time; time.sleep(1.5)")
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        first = pool.submit(run_job, job)
+        while not (tmp_path / "job" / STDOUT_FILE).exists():
+            time.sleep(0.01)
+        assert run_job(job).note == ALREADY_RUNNING and is_running(job.output_dir)
+        assert first.result().returncode == 0
+    assert not is_running(job.output_dir)
+    (tmp_path / "job" / "done").touch()
+    assert run_job(job).returncode is None  # done: not run again

@@ -1,5 +1,6 @@
 """Sparse mixture-of-experts layers (router, dispatch, experts, balancing losses)."""
 
+from .authors_layout import authors_moe_blocks, from_authors_layout, to_authors_layout
 from .dispatch import DispatchPlan, expert_capacity, gather_tokens, plan_dispatch, scatter_outputs, top_k_gating
 from .experts import BatchedExperts
 from .layer import RoutingRecord, SparseMoE, collect_aux_loss, moe_layers, routing_stats
@@ -11,4 +12,5 @@ __all__ = [
     "CosineRouter", "LinearRouter", "build_router", "BatchedExperts",
     "DispatchPlan", "expert_capacity", "top_k_gating", "plan_dispatch", "gather_tokens", "scatter_outputs",
     "importance_loss", "load_loss", "importance_load_loss", "switch_balance_loss",
+    "from_authors_layout", "to_authors_layout", "authors_moe_blocks",
 ]

@@ -65,7 +65,9 @@ class BatchedExperts(nn.Module):
         for e, block in enumerate(x.split(expert_counts)):
             if block.shape[0] == 0:
                 continue
-            h = self.drop(self.act(F.linear(block, w1[e], b1[e])))
+            h = self.act(F.linear(block, w1[e], b1[e]))
+            if self.drop.p > 0:
+                h = self.drop(h)
             outputs.append(F.linear(h, w2[e], b2[e]))
         if not outputs:
             return x.new_zeros(0, self.dim)

@@ -22,7 +22,8 @@ ALGORITHMS = ("ERM", "SFMOE")
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output_dir", default="demo_output")
-    parser.add_argument("--dataset", default="RotatedDigits")
+    parser.add_argument("--dataset", default="RotatedDigits", choices=["RotatedDigits", "ColoredDigits"],
+                        help="embedded data, no download")
     parser.add_argument("--test_env", type=int, default=5, help="held-out environment")
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--checkpoint_freq", type=int, default=100)
@@ -72,7 +73,29 @@ def main(argv: list[str] | None = None) -> list[tuple]:
               f"{step_time:>7.3f}")
     print(f"\nRecords, models and TensorBoard logs: {root}/ "
           f"(python -m domainbed.scripts.collect_results --input_dir {root})")
+    figures = draw_figures(root / "SFMOE" / "model.pkl", args.dataset, args.test_env, root / "figures")
+    print("Attention and expert maps of SF-MoE on held-out images:")
+    for path in figures:
+        print(f"  {path}")
     return rows
+
+
+def draw_figures(checkpoint: Path, dataset_name: str, test_env: int, output_dir: Path,
+                 n_images: int = 3) -> list[Path]:
+    """The last block's CLS attention and the per-patch experts of the MoE blocks, for the first
+    few images of the held-out domain."""
+    import torch
+
+    from ..checkpoints import load_checkpoint
+    from ..visualize import save_attention_maps, save_expert_maps
+
+    algorithm = load_checkpoint(checkpoint)
+    dataset = get_dataset_class(dataset_name)("", [test_env], algorithm.hparams)
+    held_out = dataset[test_env]
+    images = torch.stack([dataset.eval_transform(held_out[i][0]) for i in range(n_images)])
+    names = [f"heldout{i}_label{held_out[i][1]}" for i in range(n_images)]
+    return (save_attention_maps(algorithm, images, output_dir, names=names)
+            + save_expert_maps(algorithm, images, output_dir, names=names))
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections import Counter
 
 from ..launchers import LAUNCHERS, LauncherOptions, get_launcher
 from ..sweep import (JobState, delete_incomplete, jobs_to_launch, launch, make_jobs, make_train_args,
@@ -39,24 +40,24 @@ def build_parser() -> argparse.ArgumentParser:
     jobs.add_argument("--holdout_fraction", type=float, default=0.2)
     jobs.add_argument("--single_test_envs", action="store_true")
     jobs.add_argument("--test_envs", type=int, nargs="+", default=None,
-                      help="hold out only these environments (default: all)")
+                      help="hold out only these environments, alone and paired with every other (None: all)")
     run = parser.add_argument_group("launching")
     run.add_argument("--command_launcher", default="local", choices=sorted(LAUNCHERS))
     run.add_argument("--skip_confirmation", action="store_true")
     run.add_argument("--max_parallel", type=int, default=None,
-                     help="pool: jobs at once (default one per GPU, 1 on CPU); ray: CPUs of a local Ray")
+                     help="pool: jobs at once (None: one per GPU, 1 on CPU); ray: CPUs of a Ray started here")
     run.add_argument("--gpus_per_job", "--slurm_gpus_per_job", type=float, default=0,
                      help="ray: GPUs per task (fractions share a GPU); slurm: GPUs per job")
     run.add_argument("--cpus_per_job", type=int, default=1)
     run.add_argument("--ray_address", default=None,
-                     help="an existing Ray cluster ('auto', 'ray://head:10001'); default: start a local one")
+                     help="an existing Ray cluster ('auto', 'ray://head:10001'); None: start a local one")
     run.add_argument("--slurm_partition", default=None)
     run.add_argument("--slurm_time", type=int, default=24 * 60,
                      help="minutes per job; a job that times out is requeued and resumes")
     run.add_argument("--slurm_array_parallelism", type=int, default=256)
     run.add_argument("--slurm_executor", default="slurm", choices=["slurm", "local"],
                      help="local: submitit's LocalExecutor (no cluster; for testing)")
-    run.add_argument("--slurm_log_dir", default=None, help="default: OUTPUT_DIR/submitit_logs")
+    run.add_argument("--slurm_log_dir", default=None, help="None: OUTPUT_DIR/submitit_logs")
     run.add_argument("--slurm_extra", default=None,
                      help="JSON of more submitit parameters, e.g. '{\"slurm_account\": \"me\"}'")
     return parser
@@ -128,10 +129,10 @@ def main(argv: list[str] | None = None) -> list:
         return []
     results = launch(to_launch, launcher, options)
     failed = [result for result in results if result.failed]
-    busy = [result for result in results if result.returncode is None and result.note == "already running"]
-    ran = sum(result.returncode is not None for result in results)
+    not_run = Counter(result.note for result in results if result.returncode is None)
+    ran = len(results) - sum(not_run.values())
     print(f"{ran - len(failed)} of {len(to_launch)} jobs finished, {len(failed)} failed"
-          + (f", {len(busy)} skipped (another process is running them)" if busy else ""))
+          + "".join(f", {n} not run ({why})" for why, n in sorted(not_run.items())))
     for result in failed:
         print(f"  failed (exit {result.returncode}): {result.output_dir}\n    {result.last_error_line()}")
     if failed:

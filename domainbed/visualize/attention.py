@@ -102,10 +102,10 @@ def cls_attention(network: nn.Module, x: torch.Tensor, block: int = -1) -> torch
     rest of the batch (earlier MoE blocks drop tokens batch-wide); pass one image at a time for
     maps that do not.
     """
+    attn = _resolve_block(network, block)
     if getattr(network, "cls_token", None) is None:
         raise ValueError(f"{type(network).__name__} has no CLS token; CLS attention maps need a ViT with "
                          "class_token=True")
-    attn = _resolve_block(network, block)
     weights = attention_weights(attn, attention_input(network, x, block))
     prefix = int(getattr(network, "num_prefix_tokens", 1))
     cls_row = weights[:, :, 0, prefix:]
@@ -182,10 +182,11 @@ def attention_figure(image: np.ndarray, attn: torch.Tensor, masks: torch.Tensor,
     axes[0].imshow(image, interpolation="nearest")
     axes[0].set_title("input", fontsize=8)
     axes[0].axis("off")
-    kept = f"{threshold:.0%} mass" if threshold is not None else "mask"
-    _overlay(axes[1], image, mean_heat, mean_up, f"mean of heads ({kept}: {int(mean_mask.sum())} patches)")
+    _overlay(axes[1], image, mean_heat, mean_up, f"mean of heads ({int(mean_mask.sum())} patches)")
     for h in range(heads):
         _overlay(axes[2 + h], image, heat[h], mask_up[h], f"head {h} ({int(masks[h].sum())} patches)")
+    if threshold is not None:
+        title = f"{title}; outlines: patches holding {threshold:.0%} of the mass".lstrip("; ")
     if title:
         figure.suptitle(title, fontsize=9)
     return figure

@@ -100,6 +100,7 @@ def expert_colours(num_experts: int) -> np.ndarray:
 PANEL_INCHES = 2.6
 DPI = 100
 OVERLAY_ALPHA = 0.55
+LEGEND_ROW_INCHES = 0.2
 
 
 def expert_figure(image: np.ndarray, maps: dict[str, tuple[torch.Tensor, torch.Tensor]], num_experts: int,
@@ -111,7 +112,10 @@ def expert_figure(image: np.ndarray, maps: dict[str, tuple[torch.Tensor, torch.T
     image, an RGBA array ``[gh, gw, 4]`` stretched over the picture."""
     colours = expert_colours(num_experts)
     height, width = image.shape[:2]
-    figure = Figure(figsize=(len(maps) * PANEL_INCHES, PANEL_INCHES + 0.6), dpi=DPI)
+    legend_columns = min(num_experts + 1, 2 * len(maps) + 1)  # what fits under the panels
+    legend_rows = -(-(num_experts + 1) // legend_columns)
+    legend_inches = LEGEND_ROW_INCHES * legend_rows
+    figure = Figure(figsize=(len(maps) * PANEL_INCHES, PANEL_INCHES + 0.4 + legend_inches), dpi=DPI)
     axes = figure.subplots(1, len(maps), squeeze=False).ravel()
     any_dropped = False
     for ax, (name, (expert, dropped)) in zip(axes, maps.items()):
@@ -131,10 +135,10 @@ def expert_figure(image: np.ndarray, maps: dict[str, tuple[torch.Tensor, torch.T
     handles = [Patch(facecolor=colours[e], edgecolor="none", label=f"expert {e}") for e in range(num_experts)]
     if any_dropped:
         handles.append(Line2D([], [], marker="x", color="black", linestyle="none", label="dropped"))
-    figure.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=7, frameon=False)
+    figure.legend(handles=handles, loc="lower center", ncol=legend_columns, fontsize=7, frameon=False)
     if title:
         figure.suptitle(title, fontsize=9)
-    figure.subplots_adjust(bottom=0.2)
+    figure.subplots_adjust(bottom=(legend_inches + 0.1) / figure.get_figheight())
     return figure
 
 
