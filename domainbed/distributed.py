@@ -35,6 +35,24 @@ class DistEnv:
         if self.enabled:
             dist.barrier()
 
+    def mean(self, values: dict[str, float]) -> dict[str, float]:
+        """Each value averaged over processes: the loss of the whole global batch, and the same
+        NaN check outcome on every process."""
+        if not self.enabled:
+            return values
+        keys = sorted(values)
+        summed = torch.tensor([values[key] for key in keys], dtype=torch.float64)
+        dist.all_reduce(summed)
+        return dict(zip(keys, (summed / self.world_size).tolist()))
+
+    def gather(self, obj) -> list:
+        """``obj`` of every process, in rank order (a one-item list on one process)."""
+        if not self.enabled:
+            return [obj]
+        gathered = [None] * self.world_size
+        dist.all_gather_object(gathered, obj)
+        return gathered
+
 
 def init_distributed() -> DistEnv:
     """Join the process group torchrun set up (nccl on GPU, gloo on CPU); a single process otherwise."""

@@ -15,7 +15,6 @@ import dataclasses
 import json
 import math
 import os
-import random
 import resource
 import sys
 import time
@@ -33,7 +32,9 @@ from .data.loaders import eval_loader, train_loader
 from .data.splits import split_dataset
 from .models import PretrainedWeightsError
 from .distributed import DistEnv, init_distributed, shutdown
-from .moe import moe_layers
+from .moe.stats import RoutingMeter
+from .rng_state import capture_rng_state, restore_rng_state
+from .run_files import append_record, keep_records_up_to, logging_to
 from .seeding import seed_everything, seed_hash
 
 STATE_FILE = "checkpoint.pt"
@@ -91,130 +92,6 @@ class TrainConfig:
 
     def record_args(self) -> dict:
         return dataclasses.asdict(self)
-
-
-# ----------------------------------------------------------------------------------------------
-# output folder plumbing
-
-class _Tee:
-    """Write to a stream and to a log file (DomainBed's out.txt / err.txt)."""
-
-    def __init__(self, stream, path: Path):
-        self.stream, self.file = stream, open(path, "a", buffering=1)
-
-    def write(self, text):
-        self.stream.write(text)
-        self.file.write(text)
-
-    def flush(self):
-        self.stream.flush()
-        self.file.flush()
-
-    def isatty(self):
-        return False
-
-    def close(self):
-        self.file.close()
-
-
-@contextlib.contextmanager
-def _logging_to(output_dir: Path, enabled: bool):
-    if not enabled:
-        yield
-        return
-    out, err = _Tee(sys.stdout, output_dir / "out.txt"), _Tee(sys.stderr, output_dir / "err.txt")
-    sys.stdout, sys.stderr = out, err
-    try:
-        yield
-    finally:
-        sys.stdout, sys.stderr = out.stream, err.stream
-        out.close()
-        err.close()
-
-
-def _append_record(path: Path, record: dict) -> None:
-    """One whole line per record, flushed to disk before the run goes on."""
-    line = json.dumps(record, sort_keys=True) + "\n"
-    with open(path, "a") as handle:
-        handle.write(line)
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
-def _keep_records_up_to(path: Path, step: int) -> None:
-    """On resume, drop records written after the saved state (they will be written again) and any
-    torn last line."""
-    if not path.exists():
-        return
-    kept = []
-    for line in path.read_text().splitlines(keepends=True):
-        if not line.endswith("\n"):
-            break
-        try:
-            if json.loads(line)["step"] <= step:
-                kept.append(line)
-        except (json.JSONDecodeError, KeyError):
-            break
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(kept))
-    os.replace(tmp, path)
-
-
-# ----------------------------------------------------------------------------------------------
-# RNG state as tensors and lists, so the resume file loads with weights_only=True
-
-def _rng_state() -> dict:
-    np_state = np.random.get_state()
-    py_state = random.getstate()
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *map(float, np_state[2:])],
-        "python": [py_state[0], list(py_state[1]), py_state[2]],
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), int(pos), int(has_gauss), float(cached)))
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-class RoutingMeter:
-    """Per MoE layer, which experts the training tokens chose and how many were dropped, summed
-    over the steps between two checkpoints. Counts stay on the device (no sync per step)."""
-
-    def __init__(self, network: torch.nn.Module):
-        self.layers = moe_layers(network)
-        self.reset()
-
-    def reset(self) -> None:
-        self.counts: dict[str, torch.Tensor] = {}
-        self.dropped: dict[str, torch.Tensor] = {}
-
-    def update(self) -> None:
-        for name, layer in self.layers.items():
-            routing = layer.last_routing
-            if routing is None:
-                continue
-            counts = torch.bincount(routing.expert_index.reshape(-1), minlength=routing.num_experts)
-            self.counts[name] = self.counts.get(name, 0) + counts
-            self.dropped[name] = self.dropped.get(name, 0) + routing.dropped.sum()
-
-    def summary(self) -> dict:
-        """{layer: {"expert_share": [...], "dropped_share": x}}; shares of token choices, sum to 1."""
-        out = {}
-        for name, counts in self.counts.items():
-            total = max(int(counts.sum()), 1)
-            out[name] = {"expert_share": (counts.double() / total).tolist(),
-                         "dropped_share": float(self.dropped[name]) / total}
-        return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -345,7 +222,7 @@ def _run(config: TrainConfig, dist_env: DistEnv) -> dict:
     if dist_env.is_main:
         output_dir.mkdir(parents=True, exist_ok=True)
     dist_env.barrier()
-    with _logging_to(output_dir, dist_env.is_main):
+    with logging_to(output_dir, dist_env.is_main):
         return _train(config, dist_env, hparams, dataset, algorithm, device, output_dir)
 
 
@@ -396,14 +273,19 @@ def _train(config: TrainConfig, dist_env: DistEnv, hparams: dict, dataset, algor
         state = torch.load(state_path, map_location="cpu", weights_only=True)
         algorithm.load_state_dict(state["algorithm"])
         algorithm.optimizer.load_state_dict(state["optimizer"])
-        _set_rng_state(state["rng"])
+        restore_rng_state(state["rng"][dist_env.rank] if len(state["rng"]) == dist_env.world_size
+                          else _rank_rng_fallback(state["rng"][0], config, dist_env))
         start_step = state["step"] + 1
         if dist_env.is_main:
-            _keep_records_up_to(records_path, state["step"])
+            keep_records_up_to(records_path, state["step"])
             print(f"Resuming from the checkpoint of step {state['step']}")
     elif dist_env.is_main and records_path.exists():
         records_path.unlink()  # records of a run that never reached its first checkpoint state
 
+    if dist_env.rank > 0 and start_step == 0:
+        # Each process draws its own dropout masks and gate noise (process 0 keeps the stream of a
+        # single-process run); the model weights are already built, identical everywhere.
+        seed_everything(seed_hash(config.seed, "rank", dist_env.rank))
     network = algorithm.network
     if config.compile:
         algorithm.network = torch.compile(network)
@@ -448,7 +330,7 @@ def _train(config: TrainConfig, dist_env: DistEnv, hparams: dict, dataset, algor
             minibatches = [(x[rank_slice].to(device, non_blocking=True), y[rank_slice].to(device, non_blocking=True))
                            for x, y in batches]
             unlabeled = [x[rank_slice].to(device) for x, _ in unlabeled_batches] or None
-            values = algorithm.update(minibatches, unlabeled)
+            values = dist_env.mean(algorithm.update(minibatches, unlabeled))
             if not math.isfinite(values.get("loss", 0.0)):
                 kept = (f"the last good checkpoint (step {state_step(state_path)}) is kept in {output_dir}"
                         if state_path.exists() else "no checkpoint had been written yet")
@@ -462,13 +344,14 @@ def _train(config: TrainConfig, dist_env: DistEnv, hparams: dict, dataset, algor
             progress.set_postfix(loss=f"{values['loss']:.3f}", refresh=False)
 
             if step % checkpoint_freq == 0 or step == n_steps - 1:
+                rng_states = dist_env.gather(capture_rng_state())
                 if dist_env.is_main:
                     last_record = _checkpoint_record(config, hparams, step, steps_per_epoch, step_times,
                                                      checkpoint_values, algorithm, network, eval_loaders,
                                                      device)
                     if routing_meter.layers:
                         last_record["routing"] = routing_meter.summary()
-                    _append_record(records_path, last_record)
+                    append_record(records_path, last_record)
                     _print_record(last_record, header=not header_printed)
                     header_printed = True
                     for key, value in last_record.items():
@@ -478,7 +361,7 @@ def _train(config: TrainConfig, dist_env: DistEnv, hparams: dict, dataset, algor
                     with _unwrapped(algorithm, network):
                         atomic_torch_save({"step": step, "algorithm": algorithm.state_dict(),
                                            "optimizer": algorithm.optimizer.state_dict(),
-                                           "rng": _rng_state()}, state_path)
+                                           "rng": rng_states}, state_path)
                         if config.save_model_every_checkpoint:
                             save_model(output_dir / f"model_step{step}.pkl", algorithm, config.record_args())
                 dist_env.barrier()
@@ -497,6 +380,16 @@ def _train(config: TrainConfig, dist_env: DistEnv, hparams: dict, dataset, algor
         state_path.unlink(missing_ok=True)  # the resume state is only needed until `done`
     dist_env.barrier()
     return last_record
+
+
+def _rank_rng_fallback(saved: dict, config: TrainConfig, dist_env: DistEnv) -> dict:
+    """Resuming on a different number of processes: process 0 continues the saved stream, the
+    others start fresh ones (the run stays valid but no longer repeats the original exactly)."""
+    if dist_env.is_main:
+        print("warning: resuming on a different number of processes; random streams restart")
+        return saved
+    seed_everything(seed_hash(config.seed, "rank", dist_env.rank, "resumed"))
+    return capture_rng_state()
 
 
 def state_step(state_path: Path) -> int:

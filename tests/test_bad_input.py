@@ -2,7 +2,6 @@
 fix, exit code 2, and the work already in the output folder left as it was."""
 
 import json
-import shutil
 import subprocess
 import sys
 
@@ -127,7 +126,7 @@ def test_corrupt_image_stops_with_the_file_name(tmp_path, capsys):
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, capsys):
     out = tmp_path / "nan"
-    code, line = run_cli(["--dataset", "RotatedDigits", "--steps", "50", "--checkpoint_freq", "1",
+    code, line = run_cli(["--dataset", "Debug28", "--steps", "50", "--checkpoint_freq", "1",
                           "--hparams", '{"batch_size": 4, "lr": 1e30}', "--output_dir", str(out)], capsys)
     assert code == 2
     match = __import__("re").search(r"loss became nan at step (\d+); the last good checkpoint \(step (\d+)\)", line)

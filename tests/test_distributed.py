@@ -76,8 +76,9 @@ def test_two_process_ddp_matches_one_process_on_the_same_global_batch(algorithm,
     assert (ddp_dir / "out.txt").read_text().count("HParams:") == 1
     assert len(list((ddp_dir / "tensorboard").glob("events.out.tfevents.*"))) == 1
     assert (ddp_dir / "done").exists() and not (ddp_dir / "checkpoint.pt").exists()
-    # the records' loss is rank 0's loss on its half of the batch: proof the batch was split
-    assert ddp[0]["loss"] != single[0]["loss"]
+    # the recorded loss is averaged over the processes: the loss of the whole global batch
+    for a, b in zip(ddp, single):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
 
     for a, b in zip(ddp, single):
         for key in (k for k in b if k.endswith("_acc")):
@@ -89,3 +90,12 @@ def test_two_process_ddp_matches_one_process_on_the_same_global_batch(algorithm,
     for name, weight in single_model.items():
         difference = (ddp_model[name].float() - weight.float()).abs().max().item()
         assert difference <= WEIGHT_ATOL, (name, difference)
+
+
+def test_each_process_takes_its_share_of_the_global_batch():
+    from domainbed.distributed import DistEnv
+
+    assert [DistEnv(rank=r, world_size=2).shard(8) for r in (0, 1)] == [slice(0, 4), slice(4, 8)]
+    assert DistEnv().shard(8) == slice(0, 8)
+    with pytest.raises(ValueError, match="not divisible by the 3 processes"):
+        DistEnv(rank=0, world_size=3).shard(8)

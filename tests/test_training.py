@@ -95,8 +95,9 @@ def test_a_finished_run_is_not_overwritten(tiny_train_args, tmp_path):
 
 
 def test_batch_larger_than_a_split_trains(tmp_path):
-    train.main(["--dataset", "RotatedDigits", "--test_envs", "0", "--steps", "1",
-                "--hparams", '{"batch_size": 400}', "--output_dir", str(tmp_path / "big"),
+    # Debug28's training splits hold 13 examples each
+    train.main(["--dataset", "Debug28", "--test_envs", "0", "--steps", "1",
+                "--hparams", '{"batch_size": 40}', "--output_dir", str(tmp_path / "big"),
                 "--skip_model_save"])
     assert (tmp_path / "big" / "done").exists()
     assert not (tmp_path / "big" / "model.pkl").exists()

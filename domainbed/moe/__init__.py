@@ -6,9 +6,10 @@ from .experts import BatchedExperts
 from .layer import RoutingRecord, SparseMoE, collect_aux_loss, moe_layers, routing_stats
 from .losses import importance_load_loss, importance_loss, load_loss, switch_balance_loss
 from .router import CosineRouter, LinearRouter, build_router
+from .stats import RoutingMeter
 
 __all__ = [
-    "SparseMoE", "RoutingRecord", "collect_aux_loss", "routing_stats", "moe_layers",
+    "SparseMoE", "RoutingRecord", "RoutingMeter", "collect_aux_loss", "routing_stats", "moe_layers",
     "CosineRouter", "LinearRouter", "build_router", "BatchedExperts",
     "DispatchPlan", "expert_capacity", "top_k_gating", "plan_dispatch", "gather_tokens", "scatter_outputs",
     "importance_loss", "load_loss", "importance_load_loss", "switch_balance_loss",
