@@ -24,6 +24,7 @@ test: venv
 	$(PY) -m pytest -q
 
 bench: venv
+	$(PY) -m pip install --quiet -e '.[bench]'
 	$(PY) benchmarks/bench_moe_layer.py
 	$(PY) benchmarks/bench_vs_mixture_of_experts.py
 	$(PY) benchmarks/bench_gmoe_step.py

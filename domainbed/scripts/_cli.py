@@ -19,3 +19,21 @@ def run_main(main: Callable[[], object], expected: tuple[type[BaseException], ..
         fail(str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__)
     except KeyboardInterrupt:
         fail("interrupted; run the same command again to resume from the last checkpoint", code=130)
+
+
+def add_checkpoint_arguments(parser, help: str = "a model.pkl") -> None:
+    """The flags of every command that reads a trained model."""
+    parser.add_argument("--checkpoint", required=True, help=help)
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    parser.add_argument("--allow_unsafe_pickle", action="store_true",
+                        help="allow full unpickling (runs code stored in the file: trusted files only)")
+
+
+def load_checkpoint_from_args(args):
+    """(algorithm, device) for the flags of ``add_checkpoint_arguments``."""
+    from ..checkpoints import load_checkpoint
+    from ..distributed import DistEnv
+    from ..training import pick_device
+
+    device = pick_device(args.device, DistEnv())
+    return load_checkpoint(args.checkpoint, device, args.allow_unsafe_pickle), device

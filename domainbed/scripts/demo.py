@@ -25,8 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dataset", default="RotatedDigits", choices=["RotatedDigits", "ColoredDigits"],
                         help="embedded data, no download")
     parser.add_argument("--test_env", type=int, default=5, help="held-out environment")
-    parser.add_argument("--steps", type=int, default=1000)
-    parser.add_argument("--checkpoint_freq", type=int, default=100)
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--checkpoint_freq", type=int, default=50)
+    parser.add_argument("--batch_size", type=int, default=32, help="per training domain")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--fresh", action="store_true", help="delete earlier demo runs first")
     return parser
@@ -60,6 +61,7 @@ def main(argv: list[str] | None = None) -> list[tuple]:
                   f"{args.test_env} ({environments[args.test_env]})...")
             run(TrainConfig(dataset=args.dataset, algorithm=algorithm, test_envs=[args.test_env],
                             steps=args.steps, checkpoint_freq=args.checkpoint_freq, seed=args.seed,
+                            hparams=json.dumps({"batch_size": args.batch_size}),
                             output_dir=str(run_dir)))
         record = last_record(run_dir)
         held_out, in_domain = summarize(record, args.test_env, len(environments))

@@ -8,29 +8,23 @@ from __future__ import annotations
 
 import argparse
 
-from ..checkpoints import UnsafeCheckpointError, load_checkpoint
+from ..checkpoints import UnsafeCheckpointError
 from ..evaluation import evaluate_environments
-from ..distributed import DistEnv
-from ..training import pick_device
-from ._cli import run_main
+from ._cli import add_checkpoint_arguments, load_checkpoint_from_args, run_main
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Per-environment accuracy of a trained model")
-    parser.add_argument("--checkpoint", required=True, help="a model.pkl")
+    add_checkpoint_arguments(parser)
     parser.add_argument("--data_dir", default="./domainbed/data")
     parser.add_argument("--dataset", default=None, help="default: the dataset the model was trained on")
     parser.add_argument("--batch_size", type=int, default=64)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--allow_unsafe_pickle", action="store_true",
-                        help="allow full unpickling (runs code stored in the file: trusted files only)")
     return parser
 
 
 def main(argv: list[str] | None = None):
     args = build_parser().parse_args(argv)
-    device = pick_device(args.device, DistEnv())
-    algorithm = load_checkpoint(args.checkpoint, device, args.allow_unsafe_pickle)
+    algorithm, device = load_checkpoint_from_args(args)
     trained = algorithm.checkpoint_args
     dataset = args.dataset or trained.get("dataset")
     if dataset is None:

@@ -10,17 +10,15 @@ from __future__ import annotations
 
 import argparse
 
-from ..checkpoints import UnsafeCheckpointError, load_checkpoint
-from ..distributed import DistEnv
-from ..training import pick_device
+from ..checkpoints import UnsafeCheckpointError
 from ..visualize.attention import save_attention_maps
 from ..visualize.inputs import image_names, input_spec, load_image_files
-from ._cli import run_main
+from ._cli import add_checkpoint_arguments, load_checkpoint_from_args, run_main
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Per-head CLS attention maps of a trained ViT")
-    parser.add_argument("--checkpoint", required=True, help="a model.pkl")
+    add_checkpoint_arguments(parser)
     parser.add_argument("--images", nargs="+", required=True, help="image files")
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--threshold", type=float, default=0.6,
@@ -28,15 +26,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--block", type=int, default=-1, help="transformer block (default: the last)")
     parser.add_argument("--dataset", default=None,
                         help="preprocess images as this dataset's (default: the checkpoint's dataset)")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--allow_unsafe_pickle", action="store_true",
-                        help="allow full unpickling (runs code stored in the file: trusted files only)")
     return parser
 
 
 def main(argv: list[str] | None = None):
     args = build_parser().parse_args(argv)
-    algorithm = load_checkpoint(args.checkpoint, pick_device(args.device, DistEnv()), args.allow_unsafe_pickle)
+    algorithm, _ = load_checkpoint_from_args(args)
     images = load_image_files(args.images, input_spec(algorithm, args.dataset))
     paths = save_attention_maps(algorithm, images, args.output_dir, image_names(len(images), paths=args.images),
                                 threshold=args.threshold, block=args.block, dataset=args.dataset)

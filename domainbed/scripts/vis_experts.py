@@ -15,18 +15,16 @@ from __future__ import annotations
 
 import argparse
 
-from ..checkpoints import UnsafeCheckpointError, load_checkpoint
-from ..distributed import DistEnv
-from ..training import pick_device
+from ..checkpoints import UnsafeCheckpointError
 from ..visualize.experts import require_moe_layers, save_expert_maps
 from ..visualize.inputs import image_names, input_spec, load_image_files
 from ..visualize.usage import dataset_usage, save_usage
-from ._cli import run_main
+from ._cli import add_checkpoint_arguments, load_checkpoint_from_args, run_main
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Expert maps and expert usage of a trained GMoE")
-    parser.add_argument("--checkpoint", required=True, help="a model.pkl of an SF-MoE/GMoE model")
+    add_checkpoint_arguments(parser, help="a model.pkl of an SF-MoE/GMoE model")
     parser.add_argument("--images", nargs="*", default=[], help="image files to draw expert maps on")
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--dataset", default=None,
@@ -35,9 +33,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data_dir", default="./domainbed/data")
     parser.add_argument("--max_per_env", type=int, default=256, help="images per environment for usage")
     parser.add_argument("--batch_size", type=int, default=64, help="usage batch size (routing depends on it)")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--allow_unsafe_pickle", action="store_true",
-                        help="allow full unpickling (runs code stored in the file: trusted files only)")
     return parser
 
 
@@ -45,8 +40,7 @@ def main(argv: list[str] | None = None):
     args = build_parser().parse_args(argv)
     if not args.images and not args.dataset:
         raise ValueError("nothing to draw; pass --images FILE... and/or --dataset NAME")
-    device = pick_device(args.device, DistEnv())
-    algorithm = load_checkpoint(args.checkpoint, device, args.allow_unsafe_pickle)
+    algorithm, device = load_checkpoint_from_args(args)
     try:
         require_moe_layers(algorithm.network)
     except ValueError:
