@@ -10,9 +10,10 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 .PHONY: venv demo test bench clean
 
 $(VENV)/.installed: pyproject.toml Makefile
+	@echo "Setting up $(VENV) (first run only; PyTorch is large, this takes a few minutes)..."
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet $(TORCH_SPEC)
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install -qq $(TORCH_SPEC)
+	$(PY) -m pip install -qq -e '.[test]'
 	touch $@
 
 venv: $(VENV)/.installed
@@ -24,7 +25,7 @@ test: venv
 	$(PY) -m pytest -q
 
 bench: venv
-	$(PY) -m pip install --quiet -e '.[bench]'
+	$(PY) -m pip install -qq -e '.[bench]'
 	$(PY) benchmarks/bench_moe_layer.py
 	$(PY) benchmarks/bench_vs_mixture_of_experts.py
 	$(PY) benchmarks/bench_gmoe_step.py

@@ -249,7 +249,7 @@ def _train(config: TrainConfig, dist_env: DistEnv, hparams: dict, dataset, algor
            output_dir: Path) -> dict:
     if dist_env.is_main:
         _describe_environment(config, hparams, device)
-    torch.backends.cudnn.deterministic = device.type != "cuda" or not config.compile
+    torch.backends.cudnn.deterministic = True  # as DomainBed: the same seeds, the same numbers
     torch.backends.cudnn.benchmark = False
 
     splits = make_splits(dataset, config)
@@ -258,24 +258,24 @@ def _train(config: TrainConfig, dist_env: DistEnv, hparams: dict, dataset, algor
     batch_size = hparams["batch_size"]
     rank_slice = dist_env.shard(batch_size)
 
-    tensor_data = isinstance(splits.train[0][1][0][0], torch.Tensor)
     num_workers = config.num_workers
-    if num_workers is None:  # tensors in memory need no workers; images want decoding in parallel
-        num_workers = 0 if tensor_data else min(dataset.N_WORKERS, os.cpu_count() or 1)
+    if num_workers is None:  # in-memory tensor datasets say 0; images want decoding in parallel
+        num_workers = min(dataset.N_WORKERS, os.cpu_count() or 1)
     pin = device.type == "cuda"
 
     algorithm.autocast_dtype = torch.bfloat16 if config.precision == "bf16" else None
 
     state_path = output_dir / STATE_FILE
     records_path = output_dir / RECORDS_FILE
-    start_step = 0
+    start_step, saved_step = 0, None
     if state_path.exists():
         state = torch.load(state_path, map_location="cpu", weights_only=True)
         algorithm.load_state_dict(state["algorithm"])
         algorithm.optimizer.load_state_dict(state["optimizer"])
         restore_rng_state(state["rng"][dist_env.rank] if len(state["rng"]) == dist_env.world_size
                           else _rank_rng_fallback(state["rng"][0], config, dist_env))
-        start_step = state["step"] + 1
+        saved_step = state["step"]
+        start_step = saved_step + 1
         if dist_env.is_main:
             keep_records_up_to(records_path, state["step"])
             print(f"Resuming from the checkpoint of step {state['step']}")
@@ -332,8 +332,8 @@ def _train(config: TrainConfig, dist_env: DistEnv, hparams: dict, dataset, algor
             unlabeled = [x[rank_slice].to(device) for x, _ in unlabeled_batches] or None
             values = dist_env.mean(algorithm.update(minibatches, unlabeled))
             if not math.isfinite(values.get("loss", 0.0)):
-                kept = (f"the last good checkpoint (step {state_step(state_path)}) is kept in {output_dir}"
-                        if state_path.exists() else "no checkpoint had been written yet")
+                kept = (f"the last good checkpoint (step {saved_step}) is kept in {output_dir}"
+                        if saved_step is not None else "no checkpoint had been written yet")
                 raise TrainingDiverged(f"loss became {values['loss']} at step {step}; {kept}; "
                                        "lower the learning rate (--hparams '{\"lr\": ...}') and rerun")
             routing_meter.update()
@@ -365,6 +365,7 @@ def _train(config: TrainConfig, dist_env: DistEnv, hparams: dict, dataset, algor
                         if config.save_model_every_checkpoint:
                             save_model(output_dir / f"model_step{step}.pkl", algorithm, config.record_args())
                 dist_env.barrier()
+                saved_step = step
                 checkpoint_values, step_times = {}, []
                 routing_meter.reset()
     finally:
@@ -390,10 +391,6 @@ def _rank_rng_fallback(saved: dict, config: TrainConfig, dist_env: DistEnv) -> d
         return saved
     seed_everything(seed_hash(config.seed, "rank", dist_env.rank, "resumed"))
     return capture_rng_state()
-
-
-def state_step(state_path: Path) -> int:
-    return torch.load(state_path, map_location="cpu", weights_only=True)["step"]
 
 
 @contextlib.contextmanager

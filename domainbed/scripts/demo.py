@@ -8,6 +8,8 @@ second ``make demo`` only prints (``--fresh`` trains again).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import shutil
 from pathlib import Path
@@ -58,11 +60,12 @@ def main(argv: list[str] | None = None) -> list[tuple]:
             print(f"Reusing the finished {algorithm} run in {run_dir} (--fresh to train again)")
         else:
             print(f"Training {algorithm} on {args.dataset}, holding out environment "
-                  f"{args.test_env} ({environments[args.test_env]})...")
-            run(TrainConfig(dataset=args.dataset, algorithm=algorithm, test_envs=[args.test_env],
-                            steps=args.steps, checkpoint_freq=args.checkpoint_freq, seed=args.seed,
-                            hparams=json.dumps({"batch_size": args.batch_size}),
-                            output_dir=str(run_dir)))
+                  f"{args.test_env} ({environments[args.test_env]}); log: {run_dir / 'out.txt'}", flush=True)
+            with contextlib.redirect_stdout(io.StringIO()):  # the run's table goes to its out.txt
+                run(TrainConfig(dataset=args.dataset, algorithm=algorithm, test_envs=[args.test_env],
+                                steps=args.steps, checkpoint_freq=args.checkpoint_freq, seed=args.seed,
+                                hparams=json.dumps({"batch_size": args.batch_size}),
+                                output_dir=str(run_dir)))
         record = last_record(run_dir)
         held_out, in_domain = summarize(record, args.test_env, len(environments))
         rows.append((algorithm, record["hparams"]["backbone"], held_out, in_domain, record["step_time"]))
