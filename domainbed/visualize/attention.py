@@ -215,25 +215,16 @@ def save_attention_maps(algorithm, images: torch.Tensor, output_dir: str | os.Pa
     Each image runs alone (batch of one) in eval mode, so a capacity-limited MoE's drops in
     earlier blocks cannot make one image's map depend on the others.
     """
-    from .inputs import image_names, input_spec, prepare_tensors, to_display
+    from .inputs import each_image_alone
 
     if not 0.0 < threshold <= 1.0:
         raise ValueError(f"threshold must be in (0, 1] (share of attention mass to keep), got {threshold}")
     network = algorithm.network
     _resolve_block(network, block)
     block_index = block % len(network.blocks)
-    spec = input_spec(algorithm, dataset)
-    x = prepare_tensors(images, spec)
-    names = image_names(len(x), names=names)
-    device = next(algorithm.parameters()).device
-    was_training = algorithm.training
-    algorithm.eval()
-    try:
-        paths = []
-        for image, name in zip(x, names):
-            maps = cls_attention(network, image.unsqueeze(0).to(device), block)[0].cpu()
-            paths.append(save_attention_figure(Path(output_dir) / f"{name}_attention.png", to_display(image, spec),
-                                               maps, threshold, title=f"{name}: CLS attention, block {block_index}"))
-        return paths
-    finally:
-        algorithm.train(was_training)
+    paths = []
+    for x, name, display in each_image_alone(algorithm, images, names, dataset):
+        maps = cls_attention(network, x, block)[0].cpu()
+        paths.append(save_attention_figure(Path(output_dir) / f"{name}_attention.png", display, maps, threshold,
+                                           title=f"{name}: CLS attention, block {block_index}"))
+    return paths

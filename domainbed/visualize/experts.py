@@ -158,24 +158,15 @@ def save_expert_maps(algorithm, images: torch.Tensor, output_dir: str | os.PathL
     decides how to un-normalise them for display. Each image is routed alone (batch of one) in
     eval mode, so with a capacity limit its map does not depend on the other images.
     """
-    from .inputs import image_names, input_spec, prepare_tensors, to_display
+    from .inputs import each_image_alone
 
     network = algorithm.network
     require_moe_layers(network)
-    spec = input_spec(algorithm, dataset)
-    x = prepare_tensors(images, spec)
-    names = image_names(len(x), names=names)
-    device = next(algorithm.parameters()).device
-    was_training = algorithm.training
-    algorithm.eval()
-    try:
-        paths = []
-        for image, name in zip(x, names):
-            maps = expert_maps(network, image.unsqueeze(0).to(device))
-            num_experts = max(m.num_experts for m in maps.values())
-            panels = {layer: (m.expert[0], m.dropped[0]) for layer, m in maps.items()}
-            paths.append(save_expert_figure(Path(output_dir) / f"{name}_experts.png", to_display(image, spec),
-                                            panels, num_experts, title=f"{name}: top-1 expert per patch"))
-        return paths
-    finally:
-        algorithm.train(was_training)
+    paths = []
+    for x, name, display in each_image_alone(algorithm, images, names, dataset):
+        maps = expert_maps(network, x)
+        num_experts = max(m.num_experts for m in maps.values())
+        panels = {layer: (m.expert[0], m.dropped[0]) for layer, m in maps.items()}
+        paths.append(save_expert_figure(Path(output_dir) / f"{name}_experts.png", display, panels, num_experts,
+                                        title=f"{name}: top-1 expert per patch"))
+    return paths

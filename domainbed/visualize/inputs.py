@@ -140,3 +140,21 @@ def image_names(count: int, paths: Sequence[str | os.PathLike] | None = None,
     if len(set(names)) < len(names):  # two files called a.png in different folders
         names = [f"{i:03d}_{n}" for i, n in enumerate(names)]
     return names
+
+
+def each_image_alone(algorithm, images: torch.Tensor, names: Sequence[str] | None = None,
+                     dataset: str | None = None):
+    """Yield ``(batch_of_one_on_device, name, display_image)`` per image, the model in eval mode.
+
+    One image at a time: with a capacity-limited MoE, routing (and so every later block) depends on
+    the batch, and a picture of one image must not depend on the others."""
+    spec = input_spec(algorithm, dataset)
+    x = prepare_tensors(images, spec)
+    device = next(algorithm.parameters()).device
+    was_training = algorithm.training
+    algorithm.eval()
+    try:
+        for image, name in zip(x, image_names(len(x), names=names)):
+            yield image.unsqueeze(0).to(device), name, to_display(image, spec)
+    finally:
+        algorithm.train(was_training)
