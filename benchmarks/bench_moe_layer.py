@@ -11,7 +11,6 @@ for a core).
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
@@ -21,6 +20,8 @@ import torch
 from timm.layers import Mlp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from layer_args import layer_benchmark_args  # noqa: E402
 from domainbed.moe import SparseMoE, routing_stats  # noqa: E402
 
 
@@ -46,18 +47,7 @@ def compare(dense: torch.nn.Module, moe: torch.nn.Module, x, grad, warmup: int, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--tokens", type=int, default=197)
-    parser.add_argument("--dim", type=int, default=384)
-    parser.add_argument("--hidden", type=int, default=1536)
-    parser.add_argument("--experts", type=int, default=6)
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--repeats", type=int, default=11)
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
-    args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = layer_benchmark_args(__doc__.splitlines()[0], warmup=3, repeats=11, argv=argv)
 
     torch.manual_seed(0)
     dense = Mlp(args.dim, args.hidden).train()

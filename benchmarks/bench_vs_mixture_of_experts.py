@@ -17,7 +17,6 @@ experts (that package's experts have no biases), same tokens, forward+backward i
 
 from __future__ import annotations
 
-import argparse
 import math
 import statistics
 import sys
@@ -29,6 +28,8 @@ import torch.nn as nn
 from mixture_of_experts import MoE
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from layer_args import layer_benchmark_args  # noqa: E402
 from domainbed.moe import SparseMoE  # noqa: E402
 
 
@@ -73,18 +74,7 @@ def nothing_dropped(moe: MoE, x: torch.Tensor) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--tokens", type=int, default=197)
-    parser.add_argument("--dim", type=int, default=384)
-    parser.add_argument("--hidden", type=int, default=1536)
-    parser.add_argument("--experts", type=int, default=6)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
-    args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = layer_benchmark_args(__doc__.splitlines()[0], warmup=2, repeats=7, argv=argv)
 
     torch.manual_seed(0)
     x = torch.randn(args.batch, args.tokens, args.dim, requires_grad=True)
