@@ -48,10 +48,10 @@ def _maxrss_mb() -> float:
 
 def worker(config: str, batch: int, img: int, warmup: int, steps: int, threads: int) -> dict:
     import torch
-    import torch.nn.functional as F
+    import torch.nn.functional  # noqa: F401  (imported before the memory baseline)
 
     sys.path.insert(0, str(ROOT))
-    from domainbed.moe import collect_aux_loss
+    import domainbed.moe  # noqa: F401  (imported before the memory baseline)
 
     if threads:
         torch.set_num_threads(threads)
@@ -62,17 +62,27 @@ def worker(config: str, batch: int, img: int, warmup: int, steps: int, threads: 
     labels = torch.randint(0, 7, (batch,))
     times, cpu_times = [], []
     for i in range(warmup + steps):
-        start, start_cpu = time.perf_counter(), time.process_time()
-        loss = F.cross_entropy(model(images), labels) + 0.01 * collect_aux_loss(model)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        wall, cpu = train_step(model, optimizer, images, labels)
         if i >= warmup:
-            times.append(time.perf_counter() - start)
-            cpu_times.append(time.process_time() - start_cpu)
+            times.append(wall)
+            cpu_times.append(cpu)
     return {"config": config, "step_s": statistics.median(times), "cpu_s": statistics.median(cpu_times),
             "peak_mb": _maxrss_mb() - base_mb,
             "params_m": sum(p.numel() for p in model.parameters()) / 1e6, "threads": torch.get_num_threads()}
+
+
+def train_step(model, optimizer, images, labels) -> tuple[float, float]:
+    """One forward + backward + Adam step; (wall, process CPU) seconds."""
+    import torch.nn.functional as F
+
+    from domainbed.moe import collect_aux_loss
+
+    start, start_cpu = time.perf_counter(), time.process_time()
+    loss = F.cross_entropy(model(images), labels) + 0.01 * collect_aux_loss(model)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return time.perf_counter() - start, time.process_time() - start_cpu
 
 
 def build(config: str, img: int):
@@ -90,10 +100,8 @@ def build(config: str, img: int):
 def time_steps(batch: int, img: int, warmup: int, rounds: int, threads: int) -> dict[str, list[tuple[float, float]]]:
     """(wall, CPU) seconds per step, models alternating step by step."""
     import torch
-    import torch.nn.functional as F
 
     sys.path.insert(0, str(ROOT))
-    from domainbed.moe import collect_aux_loss
 
     if threads:
         torch.set_num_threads(threads)
@@ -103,13 +111,9 @@ def time_steps(batch: int, img: int, warmup: int, rounds: int, threads: int) -> 
     times: dict[str, list[tuple[float, float]]] = {name: [] for name in CONFIGS}
     for r in range(warmup + rounds):
         for name, (model, optimizer) in models.items():
-            start, start_cpu = time.perf_counter(), time.process_time()
-            loss = F.cross_entropy(model(images), labels) + 0.01 * collect_aux_loss(model)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            step_times = train_step(model, optimizer, images, labels)
             if r >= warmup:
-                times[name].append((time.perf_counter() - start, time.process_time() - start_cpu))
+                times[name].append(step_times)
                 print(f"timing round {r - warmup + 1}/{rounds} {name}: {times[name][-1]}", file=sys.stderr)
     return times
 

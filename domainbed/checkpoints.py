@@ -82,9 +82,9 @@ def _args_dict(args) -> dict:
     return dict(vars(args)) if hasattr(args, "__dict__") else dict(args or {})
 
 
-def _authors_hparams(saved: dict, model_dict: dict) -> tuple[dict, dict]:
-    """Rebuild the hparams of an authors'-code GMoE checkpoint from the shapes of its weights, and
-    rename its keys to ours (``model.`` -> ``network.``, MoE layout -> SparseMoE)."""
+def _authors_hparams(saved: dict, model_dict: dict) -> tuple[dict, dict, tuple[int, int, int]]:
+    """Rebuild the hparams and input shape of an authors'-code GMoE checkpoint from the shapes of
+    its weights, and rename its keys to ours (``model.`` -> ``network.``, MoE layout -> SparseMoE)."""
     from . import hparams_registry
     from .moe.authors_layout import from_authors_layout
 
@@ -109,8 +109,8 @@ def _authors_hparams(saved: dict, model_dict: dict) -> tuple[dict, dict]:
         backbone_kwargs=dict(embed_dim=embed_dim, depth=depth, num_heads=max(1, embed_dim // 64),
                              patch_size=patch_size, mlp_ratio=hidden / embed_dim),
     )
-    hparams["_in_chans"], hparams["_img_size"] = in_chans, grid * patch_size
-    return hparams, state
+    img_size = grid * patch_size
+    return hparams, state, (in_chans, img_size, img_size)
 
 
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu",
@@ -130,9 +130,8 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu",
         raise ValueError(f"'{path}' is not a DomainBed model.pkl (missing {', '.join(sorted(missing))})")
     model_dict = saved["model_dict"]
     if is_authors_layout(model_dict):
-        hparams, state = _authors_hparams(saved, model_dict)
-        in_chans, img_size = hparams.pop("_in_chans"), hparams.pop("_img_size")
-        input_shape = tuple(saved.get("model_input_shape") or (in_chans, img_size, img_size))
+        hparams, state, weights_input_shape = _authors_hparams(saved, model_dict)
+        input_shape = tuple(saved.get("model_input_shape") or weights_input_shape)
         algorithm_name = "SFMOE"
     else:
         hparams = dict(saved["model_hparams"], pretrained=False, pretrained_file="")

@@ -30,6 +30,7 @@ from .algorithms import get_algorithm_class
 from .checkpoints import atomic_torch_save, save_model
 from .data.loaders import eval_loader, train_loader
 from .data.splits import split_dataset
+from .evaluation import accuracy
 from .models import PretrainedWeightsError
 from .distributed import DistEnv, init_distributed, shutdown
 from .moe.stats import RoutingMeter
@@ -104,19 +105,6 @@ def pick_device(name: str, dist_env: DistEnv) -> torch.device:
     if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
-
-
-def accuracy(algorithm, loader, device: torch.device) -> float:
-    correct, total = 0, 0
-    algorithm.eval()
-    with torch.no_grad():
-        for x, y in loader:
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            predictions = algorithm.predict(x)
-            correct += (predictions.argmax(1) == y).sum().item()
-            total += len(y)
-    algorithm.train()
-    return correct / max(total, 1)
 
 
 def peak_memory_gb(device: torch.device) -> float:

@@ -3,10 +3,10 @@
 from .authors_layout import authors_moe_blocks, from_authors_layout, to_authors_layout
 from .dispatch import DispatchPlan, expert_capacity, gather_tokens, plan_dispatch, scatter_outputs, top_k_gating
 from .experts import BatchedExperts
-from .layer import RoutingRecord, SparseMoE, collect_aux_loss, moe_layers, routing_stats
+from .layer import RoutingRecord, SparseMoE, collect_aux_loss, moe_layers
 from .losses import importance_load_loss, importance_loss, load_loss, switch_balance_loss
 from .router import CosineRouter, LinearRouter, build_router
-from .stats import RoutingMeter
+from .stats import RoutingMeter, routing_stats
 
 __all__ = [
     "SparseMoE", "RoutingRecord", "RoutingMeter", "collect_aux_loss", "routing_stats", "moe_layers",

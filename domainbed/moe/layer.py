@@ -158,18 +158,3 @@ def collect_aux_loss(module: nn.Module) -> torch.Tensor:
         param = next(module.parameters(), None)
         return torch.zeros((), device=param.device if param is not None else None)
     return torch.stack([loss.float() for loss in losses]).sum()
-
-
-def routing_stats(module: nn.Module) -> dict[str, dict]:
-    """Per MoE layer: share of token-choices each expert received (before capacity) and the
-    share of token-choices dropped, from the last forward. Plain floats, for JSON records."""
-    stats = {}
-    for name, layer in moe_layers(module).items():
-        record = layer.last_routing
-        if record is None:
-            continue
-        counts = torch.bincount(record.expert_index.reshape(-1), minlength=record.num_experts).float()
-        total = max(record.expert_index.numel(), 1)
-        stats[name] = {"expert_share": (counts / total).tolist(),
-                       "dropped_share": record.dropped.float().sum().item() / total}
-    return stats

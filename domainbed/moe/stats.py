@@ -39,3 +39,9 @@ class RoutingMeter:
         return out
 
 
+def routing_stats(module: nn.Module) -> dict[str, dict]:
+    """Per MoE layer: share of token-choices each expert received (before capacity) and the
+    share of token-choices dropped, from the last forward. Plain floats, for JSON records."""
+    meter = RoutingMeter(module)
+    meter.update()
+    return meter.summary()
