@@ -32,16 +32,29 @@ def atomic_torch_save(obj, path: str | os.PathLike) -> None:
         raise
 
 
+def cpu_state_dict(module) -> dict:
+    """``module.state_dict()`` on the CPU, keeping one copy of tensors registered under two names
+    (``featurizer.*`` and ``network.0.*`` are the same weights), so the file stores them once."""
+    copies: dict[tuple, torch.Tensor] = {}
+    state = {}
+    for key, value in module.state_dict().items():
+        identity = (value.data_ptr(), value.dtype, tuple(value.shape), value.stride())
+        if identity not in copies:
+            copies[identity] = value.detach().cpu()
+        state[key] = copies[identity]
+    return state
+
+
 def model_record(algorithm, args: dict) -> dict:
-    """The model.pkl dict of a trained algorithm."""
-    state = algorithm.state_dict()
+    """The model.pkl dict of a trained algorithm (its whole state: an averaging method's averaged
+    weights are part of it, and ``load_checkpoint`` rebuilds the method around them)."""
     return {
         "args": dict(args),
         "model_input_shape": list(algorithm.input_shape),
         "model_num_classes": algorithm.num_classes,
         "model_num_domains": algorithm.num_domains,
         "model_hparams": dict(algorithm.hparams),
-        "model_dict": {key: value.detach().cpu() for key, value in state.items()},
+        "model_dict": cpu_state_dict(algorithm),
     }
 
 
@@ -84,19 +97,22 @@ def _args_dict(args) -> dict:
 
 def _authors_hparams(saved: dict, model_dict: dict) -> tuple[dict, dict, tuple[int, int, int]]:
     """Rebuild the hparams and input shape of an authors'-code GMoE checkpoint from the shapes of
-    its weights, and rename its keys to ours (``model.`` -> ``network.``, MoE layout -> SparseMoE)."""
+    its weights, and rename its keys to ours (``model.head.`` -> ``classifier.``, ``model.`` -> ``featurizer.``,
+    MoE layout -> SparseMoE)."""
     from . import hparams_registry
     from .moe.authors_layout import from_authors_layout
 
     converted, moe_blocks = from_authors_layout(model_dict)
-    state = {("network." + key[len("model."):] if key.startswith("model.") else key): value
-             for key, value in converted.items()}
-    patch = state["network.patch_embed.proj.weight"]  # [D, C, p, p]
+    state = {}
+    for key, value in converted.items():
+        key = key[len("model."):] if key.startswith("model.") else key
+        state[("classifier." + key[len("head."):]) if key.startswith("head.") else "featurizer." + key] = value
+    patch = state["featurizer.patch_embed.proj.weight"]  # [D, C, p, p]
     embed_dim, in_chans, patch_size = patch.shape[0], patch.shape[1], patch.shape[2]
-    tokens = state["network.pos_embed"].shape[1] - 1
+    tokens = state["featurizer.pos_embed"].shape[1] - 1
     grid = int(round(tokens ** 0.5))
-    depth = 1 + max(int(key.split(".")[2]) for key in state if key.startswith("network.blocks."))
-    hidden = state[f"network.blocks.{min(moe_blocks)}.mlp.experts.fc1_weight"].shape[1]
+    depth = 1 + max(int(key.split(".")[2]) for key in state if key.startswith("featurizer.blocks."))
+    hidden = state[f"featurizer.blocks.{min(moe_blocks)}.mlp.experts.fc1_weight"].shape[1]
     router = "cosine" if any(k.endswith("router.expert_embeddings") for k in state) else "linear"
     args = _args_dict(saved.get("args"))
     dataset = args.get("dataset", "PACS")
@@ -111,6 +127,22 @@ def _authors_hparams(saved: dict, model_dict: dict) -> tuple[dict, dict, tuple[i
     )
     img_size = grid * patch_size
     return hparams, state, (in_chans, img_size, img_size)
+
+
+def fill_shared_names(state: dict, module) -> dict:
+    """Complete ``state`` with the other names of tensors ``module`` registers twice (a file that
+    stores ``featurizer.*`` loads into ``network.0.*`` too, and the other way round)."""
+    names_by_tensor: dict[tuple, list[str]] = {}
+    for key, value in module.state_dict().items():
+        identity = (value.data_ptr(), tuple(value.shape)) if value.numel() else (key,)
+        names_by_tensor.setdefault(identity, []).append(key)
+    state = dict(state)
+    for names in names_by_tensor.values():
+        present = [name for name in names if name in state]
+        for name in names:
+            if present and name not in state:
+                state[name] = state[present[0]]
+    return state
 
 
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu",
@@ -140,6 +172,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu",
         algorithm_name = _args_dict(saved.get("args")).get("algorithm", "ERM")
     algorithm = get_algorithm_class(algorithm_name)(input_shape, saved["model_num_classes"],
                                                     saved.get("model_num_domains", 1), hparams)
+    state = fill_shared_names(state, algorithm)
     result = algorithm.load_state_dict(state, strict=False)
     unexpected = [k for k in result.unexpected_keys]
     missing_keys = [k for k in result.missing_keys]

@@ -1,12 +1,23 @@
-"""One run on several processes (``torchrun``): who am I, and helpers that are no-ops on one process."""
+"""One run on several processes (``torchrun``): who am I, and helpers that are no-ops on one process.
+
+Gradients are averaged where they are applied: under torchrun, every ``optimizer.step()`` first
+averages the gradients it is about to apply over the processes (Horovod's DistributedOptimizer
+design), instead of wrapping modules in DistributedDataParallel. Half of DomainBed's algorithms
+compute gradients with ``torch.autograd.grad`` and write them into ``.grad`` themselves (MLDG,
+ANDMask, IGA, Fishr...), which DDP's backward hooks never see; several keep more than one
+optimizer (DANN) or build one per step (Fish). Averaging at the step covers all of them with no
+change to the algorithm: what trains is exactly what the algorithm's optimizers update.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 
 @dataclass(frozen=True)
@@ -44,6 +55,40 @@ class DistEnv:
         summed = torch.tensor([values[key] for key in keys], dtype=torch.float64)
         dist.all_reduce(summed)
         return dict(zip(keys, (summed / self.world_size).tolist()))
+
+    @contextlib.contextmanager
+    def gradients_averaged_at_each_step(self):
+        """While active, every optimizer averages its gradients over the processes before stepping."""
+        if not self.enabled:
+            yield
+            return
+        handle = register_optimizer_step_pre_hook(
+            lambda optimizer, args, kwargs: self.average_gradients(optimizer))
+        try:
+            yield
+        finally:
+            handle.remove()
+
+    def average_gradients(self, optimizer: torch.optim.Optimizer) -> None:
+        """Replace each gradient ``optimizer`` is about to apply by its mean over the processes. A
+        parameter without a gradient here but with one elsewhere gets the mean too (counting 0)."""
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        if not params:
+            return
+        has_grad = torch.tensor([p.grad is not None for p in params], dtype=torch.float32,
+                                device=params[0].device)
+        dist.all_reduce(has_grad)
+        reduced = [p for p, flag in zip(params, has_grad.tolist()) if flag > 0]
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in reduced]
+        if not grads:
+            return
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat)
+        flat /= self.world_size
+        offset = 0
+        for p, g in zip(reduced, grads):
+            p.grad = flat[offset:offset + g.numel()].view_as(g).clone()
+            offset += g.numel()
 
     def gather(self, obj) -> list:
         """``obj`` of every process, in rank order (a one-item list on one process)."""

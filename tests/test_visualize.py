@@ -190,9 +190,9 @@ def test_save_attention_maps_takes_tensors_and_is_per_image(moe_checkpoint, tmp_
     paths = save_attention_maps(algorithm, images, tmp_path, names=["a", "b", "c"], threshold=0.6, block=2)
     assert [p.name for p in paths] == ["a_attention.png", "b_attention.png", "c_attention.png"]
     # The map of an image does not depend on the images next to it (batches of one).
-    alone = cls_attention(algorithm.network, images[1:2], block=2)
+    alone = cls_attention(algorithm.featurizer, images[1:2], block=2)
     with torch.no_grad():
-        again = cls_attention(algorithm.network, images[1:2], block=2)
+        again = cls_attention(algorithm.featurizer, images[1:2], block=2)
     torch.testing.assert_close(alone, again, rtol=0, atol=0)
     with pytest.raises(ValueError, match="threshold must be in"):
         save_attention_maps(algorithm, images, tmp_path, threshold=0.0)
@@ -227,12 +227,12 @@ def test_expert_figure_colours_each_expert_distinctly():
 
 def test_expert_maps_are_the_routers_top1_per_patch(moe_checkpoint):
     algorithm = load_checkpoint(moe_checkpoint)
-    layers = {name: m for name, m in algorithm.network.named_modules() if type(m).__name__ == "SparseMoE"}
+    layers = {name: m for name, m in algorithm.featurizer.named_modules() if type(m).__name__ == "SparseMoE"}
     inputs = {}
     handles = [layer.register_forward_pre_hook(lambda m, args, name=name: inputs.__setitem__(name, args[0]))
                for name, layer in layers.items()]
     x = torch.rand(2, 1, 32, 32, generator=torch.Generator().manual_seed(0))
-    maps = expert_maps(algorithm.network, x)
+    maps = expert_maps(algorithm.featurizer, x)
     for handle in handles:
         handle.remove()
     assert sorted(maps) == ["blocks.2.mlp", "blocks.4.mlp"]

@@ -3,13 +3,14 @@
 from .authors_layout import authors_moe_blocks, from_authors_layout, to_authors_layout
 from .dispatch import DispatchPlan, expert_capacity, gather_tokens, plan_dispatch, scatter_outputs, top_k_gating
 from .experts import BatchedExperts
-from .layer import RoutingRecord, SparseMoE, collect_aux_loss, moe_layers
+from .config import MoEConfig
+from .layer import RoutingRecord, SparseMoE, collect_aux_loss, moe_layers, pop_aux_losses
 from .losses import importance_load_loss, importance_loss, load_loss, switch_balance_loss
 from .router import CosineRouter, LinearRouter, build_router
-from .stats import RoutingMeter, routing_stats
+from .stats import routing_counts, routing_shares, routing_stats
 
 __all__ = [
-    "SparseMoE", "RoutingRecord", "RoutingMeter", "collect_aux_loss", "routing_stats", "moe_layers",
+    "SparseMoE", "MoEConfig", "RoutingRecord", "pop_aux_losses", "routing_counts", "routing_shares", "collect_aux_loss", "routing_stats", "moe_layers",
     "CosineRouter", "LinearRouter", "build_router", "BatchedExperts",
     "DispatchPlan", "expert_capacity", "top_k_gating", "plan_dispatch", "gather_tokens", "scatter_outputs",
     "importance_loss", "load_loss", "importance_load_loss", "switch_balance_loss",

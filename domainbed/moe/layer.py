@@ -9,12 +9,11 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
+from .config import AUX_LOSSES, parse_capacity_factor
 from .dispatch import expert_capacity, gather_tokens, plan_dispatch, scatter_outputs, top_k_gating
 from .experts import BatchedExperts
 from .losses import importance_load_loss, switch_balance_loss
 from .router import build_router
-
-AUX_LOSSES = ("importance_load", "switch")
 
 
 @dataclass
@@ -28,15 +27,6 @@ class RoutingRecord:
     token_shape: tuple[int, ...] = ()  # leading shape of the input, e.g. (B, N); T = prod
 
 
-def _parse_capacity_factor(value: float | str | None) -> float | None:
-    """None or "dropless" -> None. The string exists because timm.create_model drops None kwargs."""
-    if value is None or (isinstance(value, str) and value.lower() in ("dropless", "none")):
-        return None
-    if isinstance(value, str) or value <= 0:
-        raise ValueError(f"capacity_factor must be > 0, or None / 'dropless' for no capacity limit; got {value!r}")
-    return float(value)
-
-
 class SparseMoE(nn.Module):
     """Top-k routed mixture of FFN experts on [..., D] tokens (e.g. a ViT's [B, N, D]).
 
@@ -48,8 +38,10 @@ class SparseMoE(nn.Module):
     ``timm.create_model``, which drops None kwargs) is dropless: a sample's output never depends
     on the rest of its batch.
 
-    After each forward, ``aux_loss`` holds this layer's balancing loss (weight it and add it to
-    the task loss; see ``collect_aux_loss``) and ``last_routing`` the routing decisions.
+    After each forward, ``aux_loss`` holds this layer's balancing loss and ``last_routing`` the
+    routing decisions. A training forward with autograd on also queues its aux loss; a training
+    step takes the queue of every layer with ``pop_aux_losses`` and adds it to the loss it
+    backpropagates, so a step that runs the network several times counts each forward once.
     """
 
     def __init__(self, dim: int, hidden_dim: int, num_experts: int = 6, top_k: int = 1,
@@ -61,7 +53,7 @@ class SparseMoE(nn.Module):
             raise ValueError(f"num_experts must be >= 1, got {num_experts}")
         if not 1 <= top_k <= num_experts:
             raise ValueError(f"top_k must be in [1, num_experts={num_experts}], got {top_k}")
-        capacity_factor = _parse_capacity_factor(capacity_factor)
+        capacity_factor = parse_capacity_factor(capacity_factor)
         if gate_noise < 0:
             raise ValueError(f"gate_noise must be >= 0, got {gate_noise}")
         if aux_loss not in AUX_LOSSES:
@@ -73,6 +65,7 @@ class SparseMoE(nn.Module):
         self.experts = BatchedExperts(num_experts, dim, hidden_dim, act_layer=act_layer,
                                       dropout=expert_dropout, bias=bias)
         self.aux_loss: torch.Tensor = torch.zeros(())
+        self.pending_aux_losses: list[torch.Tensor] = []
         self.last_routing: RoutingRecord | None = None
 
     @property
@@ -129,16 +122,19 @@ class SparseMoE(nn.Module):
             self.aux_loss = switch_balance_loss(probs, expert_index)
         else:
             self.aux_loss = importance_load_loss(clean, noisy, self.noise_std, self.top_k)
+        if self.training and torch.is_grad_enabled():
+            self.pending_aux_losses.append(self.aux_loss)
         self.last_routing = RoutingRecord(expert_index=expert_index.detach(), gates=gates.detach(),
                                           dropped=plan.dropped, num_experts=self.num_experts,
                                           token_shape=token_shape)
         return out.reshape(*token_shape, out.shape[-1])
 
     def __getstate__(self) -> dict:
-        """Drop the autograd graph of the last aux loss so the layer can be deep-copied/pickled."""
+        """Drop the autograd graphs of the aux losses so the layer can be deep-copied/pickled."""
         state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__
         state = dict(state)
         state["aux_loss"] = self.aux_loss.detach()
+        state["pending_aux_losses"] = []
         return state
 
     def extra_repr(self) -> str:
@@ -152,9 +148,21 @@ def moe_layers(module: nn.Module) -> dict[str, SparseMoE]:
 
 
 def collect_aux_loss(module: nn.Module) -> torch.Tensor:
-    """Sum of the last forward's aux losses of every SparseMoE in ``module`` (0 if none)."""
+    """Sum of the last forward's aux losses of every SparseMoE in ``module`` (0 if none).
+
+    For a single forward (benchmarks, analyses); training steps use ``pop_aux_losses``."""
     losses = [m.aux_loss for m in moe_layers(module).values()]
     if not losses:
         param = next(module.parameters(), None)
         return torch.zeros((), device=param.device if param is not None else None)
     return torch.stack([loss.float() for loss in losses]).sum()
+
+
+def pop_aux_losses(module: nn.Module) -> list[torch.Tensor]:
+    """The aux losses queued by every training forward of every SparseMoE in ``module`` since the
+    last pop (one per layer per forward), and empty the queues."""
+    losses = []
+    for layer in moe_layers(module).values():
+        losses += [loss.float() for loss in layer.pending_aux_losses]
+        layer.pending_aux_losses = []
+    return losses

@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None):
         raise ValueError("nothing to draw; pass --images FILE... and/or --dataset NAME")
     algorithm, device = load_checkpoint_from_args(args)
     try:
-        require_moe_layers(algorithm.network)
+        require_moe_layers(algorithm.evaluation_model().featurizer)
     except ValueError:
         raise ValueError(f"checkpoint '{args.checkpoint}' has no MoE layers (backbone "
                          f"{algorithm.hparams.get('backbone')}); expert maps need an SF-MoE/GMoE model") from None

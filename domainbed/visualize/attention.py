@@ -219,7 +219,7 @@ def save_attention_maps(algorithm, images: torch.Tensor, output_dir: str | os.Pa
 
     if not 0.0 < threshold <= 1.0:
         raise ValueError(f"threshold must be in (0, 1] (share of attention mass to keep), got {threshold}")
-    network = algorithm.network
+    network = algorithm.evaluation_model().featurizer
     _resolve_block(network, block)
     block_index = block % len(network.blocks)
     paths = []

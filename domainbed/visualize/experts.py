@@ -160,7 +160,7 @@ def save_expert_maps(algorithm, images: torch.Tensor, output_dir: str | os.PathL
     """
     from .inputs import each_image_alone
 
-    network = algorithm.network
+    network = algorithm.evaluation_model().featurizer
     require_moe_layers(network)
     paths = []
     for x, name, display in each_image_alone(algorithm, images, names, dataset):

@@ -107,7 +107,7 @@ def dataset_usage(algorithm, dataset_name: str, data_dir: str, max_per_env: int 
 
     if max_per_env < 1 or batch_size < 1:
         raise ValueError(f"max_per_env and batch_size must be >= 1, got {max_per_env} and {batch_size}")
-    network = algorithm.network
+    network = algorithm.evaluation_model().featurizer
     require_moe_layers(network)
     dataset = get_dataset_class(dataset_name)(data_dir, [], algorithm.hparams)
     if tuple(dataset.input_shape) != tuple(algorithm.input_shape):

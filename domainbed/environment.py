@@ -1,0 +1,59 @@
+"""What decides a run's numbers besides its seeds: versions, device, CPU instruction set, threads.
+
+Recorded in every results.jsonl record (``environment``) and printed in out.txt, like DomainBed's
+environment printout. The same seeds give bit-identical records on the same machine with the same
+thread count; another CPU instruction set (PyTorch and oneDNN/MKL pick kernels by it) or thread
+count changes float summation order and therefore the numbers.
+"""
+
+from __future__ import annotations
+
+import functools
+import platform
+import sys
+
+import numpy as np
+import torch
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_capability() -> str:
+    """The instruction set PyTorch's CPU kernels dispatch to (e.g. AVX512, AVX2, DEFAULT)."""
+    try:
+        return torch.backends.cpu.get_cpu_capability()
+    except AttributeError:  # older torch
+        return "unknown"
+
+
+def describe_environment(device: torch.device | str) -> dict:
+    import timm
+    import torchvision
+
+    device = torch.device(device)
+    described = {
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "timm": timm.__version__,
+        "numpy": np.__version__,
+        "device": str(device),
+        "cpu": cpu_model(),
+        "cpu_capability": cpu_capability(),
+        "threads": torch.get_num_threads(),
+        "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+    }
+    if device.type == "cuda":
+        described["cuda"] = torch.version.cuda
+        described["gpu"] = torch.cuda.get_device_name(device)
+    return described

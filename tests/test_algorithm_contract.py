@@ -1,0 +1,174 @@
+"""The algorithm contract, checked for every registered algorithm on a tiny dense ViT and its GMoE twin.
+
+For each (algorithm, backbone): ``update`` on a fixed small batch gives finite values, the loss on
+that batch falls over a few steps, ``predict`` and ``evaluation_model`` give logits of the right
+shape, saving and restoring the declared state mid-run continues bit-identically, and on the GMoE
+backbone ``moe_aux_loss`` equals the sum of the balance losses of every training forward the
+step ran (each counted once).
+"""
+
+from __future__ import annotations
+
+import io
+import random
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from domainbed.algorithms import ALGORITHMS, RunInfo, get_algorithm_class
+from domainbed.hparams_registry import resolve_hparams
+from domainbed.moe import SparseMoE
+from domainbed.rng_state import capture_rng_state, restore_rng_state
+
+INPUT_SHAPE, NUM_CLASSES, NUM_DOMAINS, BATCH = (1, 16, 16), 3, 3, 6
+TINY_VIT = {"embed_dim": 16, "depth": 2, "num_heads": 2}
+BACKBONES = {
+    "dense": {"backbone": "vit_micro_patch4_32"},
+    "gmoe": {"backbone": "gmoe_micro_patch4_32", "moe_blocks": [1], "num_experts": 3},
+}
+
+
+def tiny_hparams(name: str, backbone: str, **overrides) -> dict:
+    values = {**BACKBONES[backbone], "backbone_kwargs": TINY_VIT, "batch_size": BATCH, "lr": 3e-3, **overrides}
+    return resolve_hparams(name, "RotatedDigits", 0, 0, values)
+
+
+def tiny_algorithm(name: str, backbone: str, seed: int = 0, **overrides):
+    torch.manual_seed(seed)
+    return get_algorithm_class(name)(INPUT_SHAPE, NUM_CLASSES, NUM_DOMAINS, tiny_hparams(name, backbone, **overrides))
+
+
+def fixed_minibatches(seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Learnable data: the label is which third of the image is bright, plus per-domain noise."""
+    generator = torch.Generator().manual_seed(seed)
+    batches = []
+    for domain in range(NUM_DOMAINS):
+        y = torch.arange(BATCH) % NUM_CLASSES
+        x = 0.3 * torch.randn(BATCH, *INPUT_SHAPE, generator=generator) + 0.1 * domain
+        for i, label in enumerate(y.tolist()):
+            x[i, :, :, 5 * label:5 * label + 5] += 1.5
+        batches.append((x, y))
+    return batches
+
+
+def seed_all(seed: int) -> None:
+    random.seed(seed), np.random.seed(seed), torch.manual_seed(seed)
+
+
+def batch_loss(algorithm, minibatches) -> float:
+    x = torch.cat([x for x, _ in minibatches])
+    y = torch.cat([y for _, y in minibatches])
+    model = algorithm.evaluation_model()
+    was_training = algorithm.training
+    algorithm.eval()
+    with torch.no_grad():
+        loss = F.cross_entropy(model.predict(x), y).item()
+    algorithm.train(was_training)
+    return loss
+
+
+NAMES = sorted(ALGORITHMS)
+CASES = [pytest.param(name, backbone, id=f"{name}-{backbone}") for name in NAMES for backbone in BACKBONES]
+
+
+@pytest.mark.parametrize("name, backbone", CASES)
+def test_update_predict_and_the_loss_falls(name, backbone):
+    algorithm = tiny_algorithm(name, backbone)
+    minibatches = fixed_minibatches()
+    seed_all(0)
+    before = batch_loss(algorithm, minibatches)
+    for step in range(12):
+        values = algorithm.update(minibatches)
+        algorithm.after_step(step)
+        assert values and all(np.isfinite(v) for v in values.values()), values
+    after = batch_loss(algorithm, minibatches)
+    assert after < before, f"{name}: the loss on its own training batch went from {before:.3f} to {after:.3f}"
+    x = minibatches[0][0]
+    assert algorithm.predict(x).shape == (BATCH, NUM_CLASSES)
+    assert algorithm.evaluation_model().predict(x).shape == (BATCH, NUM_CLASSES)
+    assert hasattr(algorithm.evaluation_model(), "featurizer")
+
+
+def _save(algorithm) -> bytes:
+    buffer = io.BytesIO()
+    torch.save({"model": algorithm.state_dict(), "training": algorithm.training_state(),
+                "rng": capture_rng_state()}, buffer)
+    return buffer.getvalue()
+
+
+def _load(algorithm, saved: bytes) -> None:
+    state = torch.load(io.BytesIO(saved), weights_only=True)  # resume files load without pickled code
+    algorithm.load_state_dict(state["model"])
+    algorithm.load_training_state(state["training"])
+    restore_rng_state(state["rng"])
+
+
+@pytest.mark.parametrize("name, backbone", CASES)
+def test_saved_state_resumes_exactly(name, backbone):
+    minibatches = fixed_minibatches()
+    original = tiny_algorithm(name, backbone, seed=0)
+    seed_all(1)
+    for step in range(3):
+        original.update(minibatches)
+        original.after_step(step)
+    saved = _save(original)
+    continued = [original.update(minibatches) for _ in range(2)]
+    expected_state = {k: v.clone() for k, v in original.state_dict().items()}
+
+    resumed = tiny_algorithm(name, backbone, seed=123)  # other initial weights: all must come from the file
+    _load(resumed, saved)
+    again = [resumed.update(minibatches) for _ in range(2)]
+    assert again == continued
+    state = resumed.state_dict()
+    assert state.keys() == expected_state.keys()
+    for key, value in expected_state.items():
+        assert torch.equal(state[key], value), f"{name}: {key} differs after resuming"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_moe_aux_loss_counts_every_training_forward_once(name):
+    algorithm = tiny_algorithm(name, "gmoe")
+    forwards: list[float] = []
+
+    def record(layer, inputs, output):
+        if layer.training and torch.is_grad_enabled():
+            forwards.append(layer.aux_loss.item())
+
+    for module in algorithm.modules():
+        if isinstance(module, SparseMoE):
+            module.register_forward_hook(record)
+    seed_all(0)
+    for _ in range(3):
+        forwards.clear()
+        values = algorithm.update(fixed_minibatches())
+        assert forwards, f"{name} ran no training forward through its MoE layers"
+        assert values["moe_aux_loss"] == pytest.approx(sum(forwards), rel=1e-5, abs=1e-7)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_dense_backbone_reports_no_moe_loss(name):
+    values = tiny_algorithm(name, "dense").update(fixed_minibatches())
+    assert "moe_aux_loss" not in values
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if get_algorithm_class(n).min_train_domains > 1])
+def test_algorithms_that_compare_domains_refuse_a_single_training_domain(name):
+    hparams = tiny_hparams(name, "dense")
+    with pytest.raises(ValueError, match=f"{name} needs at least 2 training domains"):
+        get_algorithm_class(name).check_run(hparams, RunInfo(steps=100, checkpoint_freq=10, num_train_domains=1))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_moe_balance_loss_reaches_the_router(name):
+    """The aux loss is part of what the step backpropagates: its weight changes the router's update."""
+    routers = []
+    for weight in (0.0, 10.0):
+        algorithm = tiny_algorithm(name, "gmoe", aux_loss_weight=weight)
+        seed_all(0)
+        for step in range(2):  # two steps: adversarial methods may train the discriminator first
+            algorithm.update(fixed_minibatches())
+            algorithm.after_step(step)
+        routers.append(torch.cat([p.detach().flatten() for n, p in algorithm.named_parameters() if ".router." in n]))
+    assert not torch.equal(routers[0], routers[1])
