@@ -12,7 +12,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from .model_selection import SELECTION_METHODS, SelectionMethod
-from .records import Record, group_by, n_environments
+from .records import Record, group_by, label_algorithms_by_backbone, n_environments
 from .reporting import (
     dataset_environments,
     mean_and_error,
@@ -132,6 +132,7 @@ def save_plots(
     dpi: int = 100,
 ) -> list[Path]:
     """Write bar charts (bars_<dataset>_<method>.png) and training curves (curves/...png)."""
+    records = label_algorithms_by_backbone(records)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths: list[Path] = []

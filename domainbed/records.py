@@ -124,3 +124,29 @@ def selection_groups(records: Iterable[Record]) -> dict[tuple[int, str, str, int
             key = (args["trial_seed"], args["dataset"], args["algorithm"], test_env)
             groups.setdefault(key, []).append(r)
     return groups
+
+
+def backbone_of(record: Record) -> str | None:
+    """The backbone a record's run trained (None for records that do not name one, e.g. DomainBed's)."""
+    hparams = record.get("hparams")
+    return hparams.get("backbone") if isinstance(hparams, dict) else None
+
+
+def label_algorithms_by_backbone(records: list[Record]) -> list[Record]:
+    """When the records span more than one backbone, the same algorithm on two backbones is two
+    methods: name each "ALGORITHM (backbone)" so tables give it its own row and model selection
+    never mixes its runs. With a single backbone (every DomainBed sweep) records are unchanged."""
+    if len({backbone_of(r) for r in records} - {None}) <= 1:
+        return records
+    labelled = []
+    for r in records:
+        backbone = backbone_of(r)
+        if backbone is not None:
+            r = {**r, "args": {**r["args"], "algorithm": f"{r['args']['algorithm']} ({backbone})"}}
+        labelled.append(r)
+    return labelled
+
+
+def base_algorithm(label: str) -> str:
+    """The algorithm name of a row label ("ERM (resnet50)" -> "ERM")."""
+    return label.split(" (", 1)[0]

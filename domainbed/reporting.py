@@ -15,7 +15,8 @@ from types import ModuleType
 import numpy as np
 
 from .model_selection import SELECTION_METHODS, SelectionMethod
-from .records import Record, group_by, n_environments, selection_groups
+from .records import (Record, base_algorithm, group_by, label_algorithms_by_backbone, n_environments,
+                      selection_groups)
 
 DATASET_COLWIDTH = 20
 AVERAGES_COLWIDTH = 25
@@ -72,9 +73,11 @@ def ordered_datasets(records: list[Record]) -> list[str]:
 
 
 def ordered_algorithms(records: list[Record]) -> list[str]:
-    """Algorithms in registry order, then unknown ones in order of first appearance."""
+    """Algorithms (or "ALGORITHM (backbone)" labels) in registry order, then unknown ones in order
+    of first appearance; labels of one algorithm sorted by backbone."""
     present = list(dict.fromkeys(r["args"]["algorithm"] for r in records))
-    known = [a for a in registered_algorithms() if a in present]
+    order = {name: i for i, name in enumerate(registered_algorithms())}
+    known = sorted((a for a in present if base_algorithm(a) in order), key=lambda a: (order[base_algorithm(a)], a))
     return known + [a for a in present if a not in known]
 
 
@@ -231,6 +234,7 @@ def format_results(
     methods: tuple[type[SelectionMethod], ...] = SELECTION_METHODS,
 ) -> str:
     """The whole collect_results report: text, or a standalone LaTeX document."""
+    records = label_algorithms_by_backbone(records)
     if latex:
         lines = [
             "\\documentclass{article}",
