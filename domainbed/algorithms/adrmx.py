@@ -45,7 +45,7 @@ def supervised_contrastive_loss(features: torch.Tensor, labels: torch.Tensor, do
     similarity = normalized @ normalized.T / temperature
     others = ~torch.eye(len(features), dtype=torch.bool, device=features.device)
     same_domain = domains[:, None] == domains[None, :]
-    weights = torch.where(same_domain, 1 - in_domain_weight, in_domain_weight) * others
+    weights = torch.where(same_domain, in_domain_weight, 1 - in_domain_weight) * others
     weighted = weights * similarity.exp()
     log_fraction = torch.log(weighted / (weighted.sum(dim=1, keepdim=True) + 1e-5) + 1e-5)
     positives = (labels[:, None] == labels[None, :]) & others

@@ -14,7 +14,8 @@ logits, made explicit in four ways:
   loss; an algorithm adds ``self.moe_aux_loss()`` (weighted by ``aux_loss_weight``) to every loss it
   backpropagates through the network. ``update`` is wrapped so that every forward is counted once,
   the step's total goes into the values as ``moe_aux_loss``, and an aux loss that was computed but
-  never added is an error rather than a silently unbalanced router.
+  never added is an error rather than a silently unbalanced router. The values an algorithm
+  returns (``loss``, penalties) leave the balance loss out, so they mean the same on any backbone.
 - **Hooks** for the loop: ``after_step`` (weight averaging), ``on_checkpoint`` (e.g. SWAD's
   validation-loss valley), ``evaluation_model`` (what evaluation, model.pkl readers and the
   visualisations use: the averaged model for SWAD/SMA) and ``check_run`` (refuse a run the method

@@ -123,7 +123,7 @@ def contrastive_bottleneck_loss(z: torch.Tensor, y: torch.Tensor, domains: torch
     same_domain = domains[:, None] == domains[None, :]
     candidates = same_label if conditional else not_self
     targets = candidates & (~same_domain if flipped else same_domain)
-    anchors = targets.any(1) if conditional else targets.any(1) & same_label.any(1)
+    anchors = targets.any(1) & same_label.any(1)  # the second test only ever matters for CAD
     if not anchors.any():
         return z.new_zeros(())
     similarities = (z[anchors] @ z.T) / temperature

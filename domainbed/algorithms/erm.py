@@ -28,9 +28,9 @@ class ERM(Algorithm):
     def update(self, minibatches, unlabeled=None) -> dict:
         x = torch.cat([x for x, _ in minibatches])
         y = torch.cat([y for _, y in minibatches])
-        loss = F.cross_entropy(self.network(x), y) + self.moe_aux_loss()
+        loss = F.cross_entropy(self.network(x), y)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss + self.moe_aux_loss()).backward()
         self.optimizer.step()
         return {"loss": loss.item()}
 

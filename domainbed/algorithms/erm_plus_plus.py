@@ -129,7 +129,7 @@ class ERMPlusPlus(ERM):
         probing = self.probing
         features = self.featurizer(x)
         if probing:  # the featurizer does not train: no gradient through it
-            pass
+            features = features.detach()
         loss = F.cross_entropy(self.classifier(features), y) + self.moe_aux_loss()
         self.network.zero_grad(set_to_none=True)
         loss.backward()

@@ -37,9 +37,9 @@ class Fish(Algorithm):
         _copy_weights(self.network, self.network_inner)
         losses = []
         for x, y in minibatches:
-            loss = F.cross_entropy(self.network_inner(x), y) + self.moe_aux_loss()
+            loss = F.cross_entropy(self.network_inner(x), y)
             self.optimizer_inner.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss + self.moe_aux_loss()).backward()
             self.optimizer_inner.step()
             losses.append(loss.item())
         with torch.no_grad():  # meta step: network += meta_lr * (inner - network)

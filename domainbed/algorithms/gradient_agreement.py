@@ -1,6 +1,6 @@
 """Training on what the domains' gradients agree on: AND-mask (Parascandolo et al., ICLR 2021,
 "Learning explanations that are hard to vary"), SAND-mask (Shahtalebi et al., 2021) and IGA
-(Koyama & Yamaguchi, 2020, "Out-of-distribution generalization with maximal invariant predictor").
+(Koyama & Yamaguchi, 2020, arXiv:2008.01883).
 
 Each training domain gets its own forward and loss, and the gradients of those losses are
 combined: AND-mask keeps the components whose sign most domains share, SAND-mask weighs them by
@@ -28,8 +28,8 @@ def and_mask(gradients: torch.Tensor, tau: float) -> torch.Tensor:
 def sand_mask(gradients: torch.Tensor, tau: float, k: float) -> torch.Tensor:
     """SAND-mask's smooth agreement ``max(0, tanh(k (|mean sign| - tau) / variance))``: close to 1
     where the signs agree beyond ``tau`` and the magnitudes vary little across domains (unbiased
-    variance, as DomainBed). Where every domain has the same gradient the score is 0/0; DomainBed
-    sets those components to 1e-17, and so do we."""
+    variance, as DomainBed). Where the domains' gradients are equal (variance 0) and the agreement
+    is exactly ``tau`` the score is 0/0; DomainBed sets those components to 1e-17, and so do we."""
     agreement = gradients.sign().mean(0).abs()
     mask = torch.tanh(k * ((agreement - tau) / gradients.var(0))).clamp_min(0.0)
     return torch.nan_to_num(mask, nan=1e-17)
@@ -89,14 +89,14 @@ class SANDMask(ANDMask):
     """AND-mask with a smooth mask: ``tanh`` of the sign agreement above ``tau``, sharpened by ``k``
     and by how little the gradient magnitudes vary across domains.
 
-    DomainBed's default ``tau = 1.0`` is kept, although with it no sign agreement exceeds ``tau``:
-    the mask is 0 almost everywhere and the network does not train (the random search draws
-    ``tau`` uniformly in [0, 1]; set ``tau < 1`` for a single run).
+    The default ``tau`` is 0.5, not DomainBed's 1.0: with ``tau = 1`` no sign agreement exceeds
+    ``tau``, the mask is 0 everywhere and a default run never trains. 0.5 is the middle of the
+    random-search range, whose draws are DomainBed's (uniform in [0, 1]).
     """
 
     @classmethod
     def define_hparams(cls, space) -> None:
-        space.add("tau", 1.0, lambda r: float(r.uniform(0.0, 1.0)), low=0.0, high=1.0)
+        space.add("tau", 0.5, lambda r: float(r.uniform(0.0, 1.0)), low=0.0, high=1.0)
         space.add("k", 10.0, lambda r: float(10 ** r.uniform(-3, 5)), low=0.0)
 
     def mask(self, gradients: torch.Tensor) -> torch.Tensor:

@@ -52,7 +52,7 @@ class Mixup(ERM):
         for (xi, yi), (xj, yj) in random_domain_pairs(minibatches):
             lam = float(np.random.beta(alpha, alpha))
             logits = self.network(lam * xi + (1 - lam) * xj)
-            objective = objective + (1 - lam) * F.cross_entropy(logits, yi) + lam * F.cross_entropy(logits, yj)
+            objective = objective + lam * F.cross_entropy(logits, yi) + (1 - lam) * F.cross_entropy(logits, yj)
         objective = objective / len(minibatches)
         self.optimizer.zero_grad(set_to_none=True)
         (objective + self.moe_aux_loss()).backward()

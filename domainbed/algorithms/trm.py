@@ -119,8 +119,9 @@ class TRM(ERM):
         transferring = bool(self.update_count >= self.hparams["iters"])
         if transferring:
             if self.hparams["class_balanced"]:  # start every domain classifier from the shared weights
-                for classifier in self.domain_classifiers:
-                    classifier.weight.data.copy_(self.classifier.weight.data)
+                with torch.no_grad():
+                    for classifier in self.domain_classifiers:
+                        classifier.weight.copy_(self.classifier.weight)
             self.alpha /= self.alpha.sum(1, keepdim=True)
         features = self.featurizer(x)
         nll = F.cross_entropy(self.classifier(features), y)
