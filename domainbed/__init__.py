@@ -1,9 +1,9 @@
 """SF-MoE / GMoE for domain generalization under the DomainBed protocol.
 
-Importing the package registers the GMoE models with timm, so
-``timm.create_model("gmoe_small_patch16_224", num_classes=7)`` works after ``import domainbed``.
+The package imports nothing heavy: commands that only read records (``collect_results``,
+``sweep status``) start without torch or timm. ``import domainbed.models`` registers the GMoE
+models with timm (``timm.create_model("gmoe_small_patch16_224", num_classes=7)``); everything that
+builds a model imports it for you.
 """
 
-__version__ = "0.1.0"
-
-from . import models  # noqa: F401  (registers timm models)
+__version__ = "0.2.0"

@@ -6,7 +6,6 @@ import hashlib
 import random
 
 import numpy as np
-import torch
 
 
 def seed_hash(*args) -> int:
@@ -17,6 +16,8 @@ def seed_hash(*args) -> int:
 
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (CPU and CUDA) for a run."""
+    import torch  # here, so that commands which only hash seeds never import torch
+
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)

@@ -72,6 +72,15 @@ def seed_all(seed: int) -> None:
 
 
 @pytest.fixture
+def read_records():
+    """``read_records(run_dir)``: the records a run wrote to its ``results.jsonl``, read as the
+    package reads them (``RunFolder(run_dir).read_records()``)."""
+    from domainbed.run.folder import RunFolder
+
+    return lambda run_dir: RunFolder(run_dir).read_records()
+
+
+@pytest.fixture
 def kit():
     """The tiny-algorithm helpers: ``kit.algorithm(name, backbone)``, ``kit.minibatches()``,
     ``kit.hparams(name)``, ``kit.seed_all(seed)`` and the shapes they use."""

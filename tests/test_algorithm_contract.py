@@ -10,6 +10,7 @@ step ran (each counted once).
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,7 +19,7 @@ import torch.nn.functional as F
 
 from domainbed.algorithms import ALGORITHMS, RunInfo, get_algorithm_class
 from domainbed.moe import SparseMoE
-from domainbed.rng_state import capture_rng_state, restore_rng_state
+from domainbed.run.rng_state import capture_rng_state, restore_rng_state
 
 def batch_loss(algorithm, minibatches) -> float:
     x = torch.cat([x for x, _ in minibatches])
@@ -161,3 +162,11 @@ def test_moe_balance_loss_reaches_the_router(name, kit):
             algorithm.after_step(step)
         routers.append(torch.cat([p.detach().flatten() for n, p in algorithm.named_parameters() if ".router." in n]))
     assert not torch.equal(routers[0], routers[1])
+
+
+def test_readme_lists_every_algorithm_once():
+    """The README's algorithm table is the registry: a new method without a row fails here."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    table = readme.split("| algorithm | what it does | reference |")[1].split("\n\n")[0]
+    rows = [line.split("|")[1].strip() for line in table.strip().splitlines()[1:]]
+    assert rows == list(ALGORITHMS)

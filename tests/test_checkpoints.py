@@ -61,27 +61,42 @@ def _authors_state_dict(reference: torch.nn.Module, moe_blocks: list[int]) -> di
     return state
 
 
-def test_authors_checkpoint_loads_and_predicts_like_their_model(tmp_path):
+def _authors_file(tmp_path, embed_dim: int, num_heads: int, hparams: dict):
+    """A checkpoint as the authors' code writes it, of a small model of their shape (timm ViT, MoE FFN
+    with a cosine router and 4 experts in blocks 2 and 4), and that model."""
     torch.manual_seed(0)
-    # A small model of the authors' shape: timm ViT, MoE FFN (cosine router, 4 experts) in blocks 2 and 4.
     reference = timm.create_model("gmoe_small_patch16_224", num_classes=7, img_size=32, patch_size=8,
-                                  embed_dim=64, depth=6, num_heads=1, moe_blocks=[2, 4], num_experts=4,
-                                  drop_path_rate=0.0).eval()
+                                  embed_dim=embed_dim, depth=6, num_heads=num_heads, moe_blocks=[2, 4],
+                                  num_experts=4, drop_path_rate=0.0).eval()
     for p in reference.parameters():  # make the experts differ, as after training
         p.data.add_(0.02 * torch.randn_like(p))
-    assert reference.blocks[2].mlp.router.expert_embeddings.shape == (256, 4)
     saved = {"args": argparse.Namespace(dataset="PACS", algorithm="GMOE", test_envs=[0]),
              "model_input_shape": (3, 32, 32), "model_num_classes": 7, "model_num_domains": 3,
-             "model_hparams": {"lr": 3e-5, "batch_size": 32}, "model_dict": _authors_state_dict(reference, [2, 4])}
+             "model_hparams": hparams, "model_dict": _authors_state_dict(reference, [2, 4])}
     path = tmp_path / "authors_model.pkl"
     torch.save(saved, path)
+    return path, reference
 
+
+@pytest.mark.parametrize("embed_dim, num_heads, hparams", [
+    (192, 3, {"lr": 3e-5, "batch_size": 32}),        # a standard ViT width: heads from the ViT family
+    (64, 4, {"lr": 3e-5, "num_heads": 4}),          # any other width: heads from the file's own hparams
+])
+def test_authors_checkpoint_loads_and_predicts_like_their_model(tmp_path, embed_dim, num_heads, hparams):
+    path, reference = _authors_file(tmp_path, embed_dim, num_heads, hparams)
     algorithm = load_checkpoint(path)
     x = torch.rand(6, 3, 32, 32)
     with torch.no_grad():
         expected = reference(x)
     assert torch.allclose(algorithm.predict(x), expected, atol=1e-5)
     assert algorithm.hparams["moe_blocks"] == [2, 4] and algorithm.hparams["num_experts"] == 4
+    assert algorithm.hparams["backbone_kwargs"]["num_heads"] == num_heads
+
+
+def test_authors_checkpoint_of_unknown_heads_is_refused_clearly(tmp_path):
+    path, _ = _authors_file(tmp_path, 64, 4, {"lr": 3e-5})
+    with pytest.raises(ValueError, match="cannot tell the attention heads of this width-64 ViT.*num_heads"):
+        load_checkpoint(path)
 
 
 class _RunsCode:

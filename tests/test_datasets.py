@@ -78,7 +78,7 @@ def test_environment_folders_are_sorted(name):
 
 
 def test_test_env_out_of_range_names_valid_indices():
-    with pytest.raises(ValueError, match=r"test env 9 out of range for RotatedDigits.*0=0.*5=75"):
+    with pytest.raises(ValueError, match=r"test env 9 is out of range for RotatedDigits.*0=0.*5=75"):
         datasets.RotatedDigits("", [9], {})
 
 
@@ -128,11 +128,27 @@ def test_train_transform_augments_training_envs_only(pacs_root):
 
 
 def test_transforms_and_environments_pickle_for_workers(pacs_root):
+    """DataLoader workers receive the environments and transforms pickled: the copies must give the
+    same items and the same tensors (the augmentation the same draws for the same seed)."""
     ds = datasets.PACS(str(pacs_root), [0], SMALL)
+    clone = pickle.loads(pickle.dumps(ds))
+    assert [len(env) for env in clone.datasets] == [len(env) for env in ds.datasets] == [2, 4, 6, 8]
+    assert clone.classes == ds.classes and clone.environment_names == ds.environment_names
+    for original, copied in zip(ds.datasets, clone.datasets):
+        assert copied.samples == original.samples
+        for (x, y), (x_copy, y_copy) in zip(original, copied):
+            assert y_copy == y and np.array_equal(np.asarray(x_copy), np.asarray(x))
     env = pickle.loads(pickle.dumps(ds[1]))
-    transform = pickle.loads(pickle.dumps(ds.eval_transform))
-    assert torch.equal(transform(env[0][0]), ds.eval_transform(ds[1][0][0]))
-    pickle.dumps(ds.train_transform(1))
+    assert [y for _, y in env] == [y for _, y in ds[1]] == [0, 0, 1, 1]
+    x = ds[1][3][0]
+    assert torch.equal(pickle.loads(pickle.dumps(ds.eval_transform))(x), ds.eval_transform(x))
+    augment = ds.train_transform(1)
+    augment_copy = pickle.loads(pickle.dumps(augment))
+    torch.manual_seed(3)
+    expected = augment(x)
+    torch.manual_seed(3)
+    assert torch.equal(augment_copy(x), expected)
+    assert not torch.equal(expected, ds.eval_transform(x))  # (the copy really augments)
 
 
 def test_root_may_be_the_dataset_folder(pacs_root):

@@ -2,18 +2,35 @@
 
 from domainbed.scripts import demo
 
+BACKBONES = {"ERM": "vit_micro_patch4_32", "SFMOE": "gmoe_micro_patch4_32"}
 
-def test_demo_trains_both_prints_the_table_and_draws_maps(tmp_path, capsys):
+
+def test_demo_trains_both_prints_the_table_and_draws_maps(tmp_path, capsys, read_records):
     argv = ["--output_dir", str(tmp_path), "--steps", "3", "--checkpoint_freq", "2", "--batch_size", "8"]
     rows = demo.main(argv)
-    assert [(r[0], r[1]) for r in rows] == [("ERM", "vit_micro_patch4_32"), ("SFMOE", "gmoe_micro_patch4_32")]
-    for _, _, held_out, in_domain, _ in rows:
-        assert 0.0 <= held_out <= 1.0 and 0.0 <= in_domain <= 1.0
     out = capsys.readouterr().out
-    assert "held-out domain 75" in out and "HParams" not in out  # the runs' own logs go to out.txt
+    lines = out.splitlines()
+    assert "RotatedDigits, held-out domain 75, 3 steps, last checkpoint:" in lines
+    assert "HParams" not in out  # the runs' own logs go to out.txt
     assert (tmp_path / "ERM" / "out.txt").read_text().count("HParams") == 1
+
+    # the table summarises each run's last record: held-out = the test environment's (5: 75
+    # degrees) "in" split; in-domain = mean of the five training environments' "out" splits
+    expected_rows = []
+    for algorithm, backbone in BACKBONES.items():
+        last = read_records(tmp_path / algorithm)[-1]
+        assert last["step"] == 2 and last["args"]["test_envs"] == [5] and last["hparams"]["backbone"] == backbone
+        held_out = last["env5_in_acc"]
+        in_domain = sum(last[f"env{i}_out_acc"] for i in range(5)) / 5
+        expected_rows.append((algorithm, backbone, held_out, in_domain, last["step_time"]))
+        (line,) = [line for line in lines if line.startswith(algorithm + " ")]
+        assert line.split() == [algorithm, backbone, f"{100 * held_out:.1f}%", f"{100 * in_domain:.1f}%",
+                                f"{last['step_time']:.3f}"]
+    assert rows == expected_rows
+
     figures = sorted(p.name for p in (tmp_path / "figures").glob("*.png"))
     assert len(figures) == 6 and sum(name.endswith("_experts.png") for name in figures) == 3
+    assert all(f"  {tmp_path / 'figures' / name}" in lines for name in figures)
 
     again = demo.main(argv)  # finished runs are reused, not retrained
     assert again == rows

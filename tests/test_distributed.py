@@ -20,7 +20,6 @@ the same 4 steps differ by 2.2e-4 in the MoE weights (measured). Dropless routin
 with a capacity limit, the tokens dropped would depend on the shard.
 """
 
-import json
 import os
 import subprocess
 import sys
@@ -44,14 +43,10 @@ def train_args(algorithm: str, output_dir: Path) -> list[str]:
             "--no-progress"]
 
 
-def read_records(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "results.jsonl").read_text().splitlines()]
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("algorithm", ["ERM", "SFMOE"])
-def test_two_process_ddp_matches_one_process_on_the_same_global_batch(algorithm, tmp_path):
+def test_two_process_ddp_matches_one_process_on_the_same_global_batch(algorithm, tmp_path, read_records):
     ddp_dir, single_dir, logs = tmp_path / "ddp", tmp_path / "single", tmp_path / "torchrun_logs"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
@@ -93,7 +88,7 @@ def test_two_process_ddp_matches_one_process_on_the_same_global_batch(algorithm,
 
 
 def test_each_process_takes_its_share_of_the_global_batch():
-    from domainbed.distributed import DistEnv
+    from domainbed.run.distributed import DistEnv
 
     assert [DistEnv(rank=r, world_size=2).shard(8) for r in (0, 1)] == [slice(0, 4), slice(4, 8)]
     assert DistEnv().shard(8) == slice(0, 8)

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from domainbed.data import download, known_digests
+from domainbed.data import download
+from domainbed.data.download import known_digests
 from domainbed.scripts.download import main
 
 PACS_ENVS = ("art_painting", "cartoon", "photo", "sketch")

@@ -11,7 +11,7 @@ from timm.layers import Mlp
 import domainbed.models.gmoe  # noqa: F401  (registers the models)
 from domainbed.models.gmoe import convert_to_moe, resolve_moe_blocks
 from domainbed.moe import CosineRouter, SparseMoE
-from domainbed.moe.authors_layout import authors_moe_blocks, from_authors_layout, to_authors_layout
+from domainbed.checkpoints.authors_layout import authors_moe_blocks, from_authors_layout, to_authors_layout
 
 
 def _expert_params(dim: int, hidden: int) -> int:

@@ -4,7 +4,7 @@ import json
 import pytest
 
 from domainbed import model_selection as ms
-from domainbed.records import load_records, selection_groups
+from domainbed.results.records import load_records, selection_groups
 
 N_ENVS = 3
 

@@ -122,11 +122,38 @@ def test_collect_aux_loss_and_routing_stats_over_a_model():
     assert collect_aux_loss(nn.Linear(2, 2)).item() == 0.0
 
 
-def test_layer_can_be_deep_copied_after_a_training_forward():
-    moe = SparseMoE(DIM, HIDDEN).train()
-    moe(_tokens(2, 4))
+def test_a_copy_taken_after_a_training_forward_has_no_graph_and_routes_alike():
+    """Weight averaging (SWAD, SMA) and MIRO deep-copy a network between training forwards: the copy
+    must not carry the forward's autograd graph (nor its queued aux losses), must leave the source's
+    queue alone, and must route every token as the source does."""
+    torch.manual_seed(0)
+    moe = SparseMoE(DIM, HIDDEN, num_experts=4, top_k=2).train()
+    moe(_tokens(2, 8))
+    moe(_tokens(2, 8, seed=2))
+    assert moe.aux_loss.grad_fn is not None and len(moe.pending_aux_losses) == 2
     clone = copy.deepcopy(moe)
-    assert torch.equal(clone.experts.fc1_weight, moe.experts.fc1_weight)
+    assert clone.aux_loss.grad_fn is None and not clone.aux_loss.requires_grad
+    assert clone.aux_loss.item() == moe.aux_loss.item() and clone.pending_aux_losses == []
+    # the source keeps both queued losses: the step that ran those forwards still adds them
+    assert len(moe.pending_aux_losses) == 2 and all(loss.grad_fn is not None for loss in moe.pending_aux_losses)
+    for (name, p), (_, q) in zip(moe.named_parameters(), clone.named_parameters()):
+        assert torch.equal(p, q) and p.data_ptr() != q.data_ptr(), name  # equal values, own storage
+
+    x = _tokens(3, 5, seed=4)
+    for training in (True, False):  # with gate noise (same seed) and without
+        moe.train(training), clone.train(training)
+        torch.manual_seed(5)
+        expected = moe(x)
+        torch.manual_seed(5)
+        out = clone(x)
+        assert torch.equal(out, expected)
+        assert torch.equal(clone.last_routing.expert_index, moe.last_routing.expert_index)
+        assert torch.equal(clone.last_routing.gates, moe.last_routing.gates)
+    # training the copy leaves the source untouched
+    moe.pending_aux_losses, clone.pending_aux_losses = [], []
+    (out.sum() + clone.aux_loss).backward()
+    assert all(p.grad is None for p in moe.parameters())
+    assert all(p.grad is not None for p in clone.parameters())
 
 
 @pytest.mark.parametrize("kwargs, message", [

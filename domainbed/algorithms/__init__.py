@@ -4,14 +4,17 @@
 module of this package defines each, imported on first use. To add a method: write
 ``algorithms/<family>.py`` with a subclass of ``Algorithm`` (or ``ERM``), declare its hparams in
 ``define_hparams`` and add one line here. Aliases resolve to one canonical name before anything is
-hashed or recorded, so a method is one row in the tables.
+hashed or recorded, so a method is one row in the tables. The names are known without importing
+torch (``collect_results`` orders its rows by them); classes import on first use.
 """
 
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING
 
-from .base import Algorithm, Checkpoint, RunInfo, Validation
+if TYPE_CHECKING:
+    from .base import Algorithm
 
 # name -> module (in this package) that defines the class of that name
 LOCATIONS: dict[str, str] = {
@@ -75,10 +78,16 @@ def get_algorithm_class(name: str) -> type[Algorithm]:
     return getattr(module, name)
 
 
+_CONTRACT = ("Algorithm", "Checkpoint", "RunInfo", "Validation")
+
+
 def __getattr__(name: str):
-    """``from domainbed.algorithms import ERM`` (DomainBed's spelling) imports the class on use."""
+    """``from domainbed.algorithms import ERM`` (DomainBed's spelling) and the contract's names
+    (``Algorithm``, ``RunInfo``...) import on use."""
     if name in LOCATIONS:
         return get_algorithm_class(name)
+    if name in _CONTRACT:
+        return getattr(importlib.import_module(f"{__name__}.base"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

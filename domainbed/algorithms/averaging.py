@@ -74,15 +74,19 @@ class AveragedNetwork(nn.Module):
         return self.module(x)
 
 
-class AveragedPredictor(nn.Module):
-    """What evaluation and the visualisations see of an averaging method: the averaged network,
-    with DomainBed's ``featurizer``/``classifier``/``network`` names."""
+class NetworkPredictor(nn.Module):
+    """What evaluation and the visualisations see of an averaging method: one network behind
+    DomainBed's ``predict``/``featurizer``/``classifier``/``network``. An averaged network stays in
+    eval mode whatever ``train()`` asks (it is never trained); the online one follows the mode."""
 
-    def __init__(self, averaged: AveragedNetwork, like):
+    def __init__(self, network: nn.Sequential, like, averaged: bool):
         super().__init__()
-        self.network = averaged.module
-        self.featurizer, self.classifier = self.network[0], self.network[1]
+        self.network, self.averaged = network, averaged
+        self.featurizer, self.classifier = network[0], network[1]
         self.input_shape, self.num_classes, self.hparams = like.input_shape, like.num_classes, like.hparams
+
+    def train(self, mode: bool = True) -> "NetworkPredictor":
+        return super().train(mode and not self.averaged)
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         return self.network(x)
@@ -118,31 +122,12 @@ class SMA(ERM):
             self.network_sma.reset(self.network)
 
     def evaluation_model(self):
-        return AveragedPredictor(self.network_sma, self) if int(self.network_sma.n_averaged) else self._online()
-
-    def _online(self):
-        return _OnlineView(self)
+        if int(self.network_sma.n_averaged):
+            return NetworkPredictor(self.network_sma.module, self, averaged=True)
+        return NetworkPredictor(self.network, self, averaged=False)
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         return self.evaluation_model().predict(x)
-
-
-class _OnlineView:
-    """The online network seen through the predictor interface (before any averaging)."""
-
-    def __init__(self, algorithm: ERM):
-        self._algorithm = algorithm
-        self.featurizer, self.classifier, self.network = algorithm.featurizer, algorithm.classifier, algorithm.network
-        self.input_shape, self.num_classes, self.hparams = algorithm.input_shape, algorithm.num_classes, algorithm.hparams
-
-    def __getattr__(self, name):
-        return getattr(self._algorithm, name)
-
-    def predict(self, x: torch.Tensor) -> torch.Tensor:
-        return self._algorithm.network(x)
-
-    def evaluation_model(self):
-        return self
 
 
 class SWAD(ERM):
@@ -239,10 +224,10 @@ class SWAD(ERM):
 
     def evaluation_model(self):
         if self.converged:
-            return AveragedPredictor(self.swad_network, self)
+            return NetworkPredictor(self.swad_network.module, self, averaged=True)
         if int(self.last_segment.n_averaged):
-            return AveragedPredictor(self.last_segment, self)
-        return _OnlineView(self)
+            return NetworkPredictor(self.last_segment.module, self, averaged=True)
+        return NetworkPredictor(self.network, self, averaged=False)
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         return self.evaluation_model().predict(x)

@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .averaging import AveragedNetwork, AveragedPredictor
+from .averaging import AveragedNetwork, NetworkPredictor
 from .base import Checkpoint, RunInfo
 from .erm import ERM
 
@@ -163,7 +163,7 @@ class ERMPlusPlus(ERM):
         return float(self.optimizer.param_groups[0]["lr"])
 
     def evaluation_model(self):
-        return AveragedPredictor(self.network_sma, self)
+        return NetworkPredictor(self.network_sma.module, self, averaged=True)
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         return self.network_sma(x)

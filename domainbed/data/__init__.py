@@ -1,5 +1,3 @@
-"""Data: per-environment datasets, transforms, splits, loaders and downloads.
-
-Dataset classes live in ``digits``, ``mnist``, ``image_folders`` and ``wilds_datasets``; the
-public registry (DomainBed's import path) is :mod:`domainbed.datasets`.
-"""
+"""Data: dataset names (``catalog``, torch-free), per-environment datasets (``digits``, ``mnist``,
+``image_folders``, ``wilds_datasets``), their ``registry`` (DomainBed's ``domainbed.datasets``),
+transforms, splits, loaders and ``download``."""

@@ -12,6 +12,8 @@ from typing import Any, Callable, Sequence
 import torch
 from torch.utils.data import Dataset
 
+from .catalog import CATALOG, check_test_envs
+
 Transform = Callable[[Any], torch.Tensor]
 
 
@@ -23,10 +25,19 @@ class MultipleDomainDataset:
     CHECKPOINT_FREQ = 100  # default steps between evaluations (DomainBed)
     N_WORKERS = 8  # default DataLoader workers; in-memory tensor datasets use 0
 
+    def __init_subclass__(cls, **kwargs):
+        """A dataset class takes its names and defaults from the catalog entry of its own name."""
+        super().__init_subclass__(**kwargs)
+        info = CATALOG.get(cls.__name__)
+        if info is not None:
+            cls.INFO = info
+            cls.ENVIRONMENTS = list(info.environments)
+            cls.N_STEPS, cls.CHECKPOINT_FREQ = info.n_steps, info.checkpoint_freq
+
     def __init__(self, root: str, test_envs: Sequence[int], hparams: dict | None = None) -> None:
         self.root = root
         self.hparams = dict(hparams or {})
-        self.test_envs = check_test_envs(type(self).__name__, self.ENVIRONMENTS, test_envs)
+        self.test_envs = check_test_envs(type(self).__name__, test_envs)
         self.datasets: list[Dataset] = []
         self.input_shape: tuple[int, int, int] = (0, 0, 0)
         self.num_classes = 0
@@ -57,19 +68,6 @@ class MultipleDomainDataset:
     def __repr__(self) -> str:
         sizes = ", ".join(f"{name}: {len(env)}" for name, env in zip(self.ENVIRONMENTS, self.datasets))
         return f"{type(self).__name__}({sizes}; classes={self.num_classes}, input_shape={self.input_shape})"
-
-
-def check_test_envs(dataset_name: str, environments: Sequence[str], test_envs: Sequence[int]) -> list[int]:
-    """Reject test environment indices the dataset does not have, naming the valid ones."""
-    test_envs = [int(e) for e in (test_envs or [])]
-    valid = ", ".join(f"{i}={name}" for i, name in enumerate(environments))
-    for env in test_envs:
-        if not 0 <= env < len(environments):
-            raise ValueError(
-                f"test env {env} out of range for {dataset_name}, which has {len(environments)} "
-                f"environments ({valid}); pass --test_envs with indices from that list"
-            )
-    return test_envs
 
 
 class TensorEnvironment(Dataset):

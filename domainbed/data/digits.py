@@ -124,7 +124,6 @@ def _coloured_digits() -> list[EnvironmentTensors]:
 class RotatedDigits(TensorDomainDataset):
     """RotatedMNIST's rules on scikit-learn's digits: 6 disjoint shares rotated by 0..75 degrees. ``root`` is unused."""
 
-    ENVIRONMENTS = ["0", "15", "30", "45", "60", "75"]
 
     def __init__(self, root: str, test_envs: Sequence[int], hparams: dict | None = None) -> None:
         super().__init__(root, test_envs, hparams)
@@ -139,7 +138,6 @@ class ColoredDigits(TensorDomainDataset):
     ``root`` is unused.
     """
 
-    ENVIRONMENTS = ["+90%", "+80%", "-90%"]
     COLOUR_FLIP_PROBS = (0.1, 0.2, 0.9)
 
     def __init__(self, root: str, test_envs: Sequence[int], hparams: dict | None = None) -> None:
@@ -153,7 +151,6 @@ class ColoredDigits(TensorDomainDataset):
 class _RandomDebug(TensorDomainDataset):
     """Random inputs and labels (fixed seed) for smoke tests of models and the training loop."""
 
-    ENVIRONMENTS = ["0", "1", "2"]
     INPUT_SHAPE: tuple[int, int, int] = (3, 28, 28)
     SAMPLES_PER_ENV = 16
 

@@ -53,9 +53,14 @@ class ImageFolderEnvironment(DatasetFolder):
 class ImageFolderDataset(ImageDomainDataset):
     """A dataset whose environments are ImageFolders under one dataset folder."""
 
-    FOLDER = ""  # folder name under the data directory (DomainBed's)
+    FOLDER = ""  # folder name under the data directory (DomainBed's), from the catalog
     ENV_FOLDERS: list[str] = []  # environment folder names, sorted; ENVIRONMENTS are their short names
-    CHECKPOINT_FREQ = 300
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        info = cls.__dict__.get("INFO")
+        if info is not None:
+            cls.FOLDER, cls.ENV_FOLDERS = info.folder, list(info.environment_folders)
 
     def __init__(self, root: str, test_envs: Sequence[int], hparams: dict | None = None) -> None:
         super().__init__(root, test_envs, hparams)
@@ -105,37 +110,24 @@ class ImageFolderDataset(ImageDomainDataset):
 
 
 class VLCS(ImageFolderDataset):
-    FOLDER = "VLCS"
-    ENV_FOLDERS = ["Caltech101", "LabelMe", "SUN09", "VOC2007"]
-    ENVIRONMENTS = ["C", "L", "S", "V"]
+    """VLCS's images, laid out as DomainBed's download leaves them (see the catalog)."""
 
 
 class PACS(ImageFolderDataset):
-    FOLDER = "PACS"
-    ENV_FOLDERS = ["art_painting", "cartoon", "photo", "sketch"]
-    ENVIRONMENTS = ["A", "C", "P", "S"]
+    """PACS's images, laid out as DomainBed's download leaves them (see the catalog)."""
 
 
 class OfficeHome(ImageFolderDataset):
-    FOLDER = "office_home"
-    ENV_FOLDERS = ["Art", "Clipart", "Product", "Real World"]
-    ENVIRONMENTS = ["A", "C", "P", "R"]
+    """OfficeHome's images, laid out as DomainBed's download leaves them (see the catalog)."""
 
 
 class TerraIncognita(ImageFolderDataset):
-    FOLDER = "terra_incognita"
-    ENV_FOLDERS = ["location_100", "location_38", "location_43", "location_46"]
-    ENVIRONMENTS = ["L100", "L38", "L43", "L46"]
+    """TerraIncognita's images, laid out as DomainBed's download leaves them (see the catalog)."""
 
 
 class DomainNet(ImageFolderDataset):
-    FOLDER = "domain_net"
-    ENV_FOLDERS = ["clipart", "infograph", "painting", "quickdraw", "real", "sketch"]
-    ENVIRONMENTS = ["clip", "info", "paint", "quick", "real", "sketch"]
-    CHECKPOINT_FREQ = 1000
+    """DomainNet's images, laid out as DomainBed's download leaves them (see the catalog)."""
 
 
 class SVIRO(ImageFolderDataset):
-    FOLDER = "sviro"
-    ENV_FOLDERS = ["aclass", "escape", "hilux", "i3", "lexus", "tesla", "tiguan", "tucson", "x5", "zoe"]
-    ENVIRONMENTS = list(ENV_FOLDERS)
+    """SVIRO's images, laid out as DomainBed's download leaves them (see the catalog)."""

@@ -55,7 +55,6 @@ def load_mnist(root: str, dataset_name: str) -> tuple[torch.Tensor, torch.Tensor
 class RotatedMNIST(TensorDomainDataset):
     """Six disjoint MNIST shares rotated by 0, 15, ..., 75 degrees; 10 classes."""
 
-    ENVIRONMENTS = ["0", "15", "30", "45", "60", "75"]
 
     def __init__(self, root: str, test_envs: Sequence[int], hparams: dict | None = None) -> None:
         super().__init__(root, test_envs, hparams)
@@ -69,7 +68,6 @@ class RotatedMNIST(TensorDomainDataset):
 class ColoredMNIST(TensorDomainDataset):
     """Three MNIST shares, binary noisy labels, colour agreeing with the label w.p. 0.9, 0.8, 0.1."""
 
-    ENVIRONMENTS = ["+90%", "+80%", "-90%"]
     COLOUR_FLIP_PROBS = (0.1, 0.2, 0.9)
 
     def __init__(self, root: str, test_envs: Sequence[int], hparams: dict | None = None) -> None:

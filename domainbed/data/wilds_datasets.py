@@ -70,10 +70,8 @@ class WILDSDataset(ImageDomainDataset):
 class WILDSCamelyon(WILDSDataset):
     WILDS_NAME = "camelyon17"
     METADATA_FIELD = "hospital"
-    ENVIRONMENTS = [f"hospital_{i}" for i in range(5)]
 
 
 class WILDSFMoW(WILDSDataset):
     WILDS_NAME = "fmow"
     METADATA_FIELD = "region"
-    ENVIRONMENTS = [f"region_{i}" for i in range(6)]

@@ -1,6 +1,5 @@
-"""Sparse mixture-of-experts layers (router, dispatch, experts, balancing losses)."""
+"""Sparse mixture-of-experts layers (router, dispatch, experts, balancing losses, config, statistics)."""
 
-from .authors_layout import authors_moe_blocks, from_authors_layout, to_authors_layout
 from .dispatch import DispatchPlan, expert_capacity, gather_tokens, plan_dispatch, scatter_outputs, top_k_gating
 from .experts import BatchedExperts
 from .config import MoEConfig
@@ -10,9 +9,9 @@ from .router import CosineRouter, LinearRouter, build_router
 from .stats import routing_counts, routing_shares, routing_stats
 
 __all__ = [
-    "SparseMoE", "MoEConfig", "RoutingRecord", "pop_aux_losses", "routing_counts", "routing_shares", "collect_aux_loss", "routing_stats", "moe_layers",
+    "SparseMoE", "MoEConfig", "RoutingRecord", "moe_layers", "pop_aux_losses", "collect_aux_loss",
+    "routing_counts", "routing_shares", "routing_stats",
     "CosineRouter", "LinearRouter", "build_router", "BatchedExperts",
     "DispatchPlan", "expert_capacity", "top_k_gating", "plan_dispatch", "gather_tokens", "scatter_outputs",
     "importance_loss", "load_loss", "importance_load_loss", "switch_balance_loss",
-    "from_authors_layout", "to_authors_layout", "authors_moe_blocks",
 ]

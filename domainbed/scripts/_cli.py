@@ -32,8 +32,7 @@ def add_checkpoint_arguments(parser, help: str = "a model.pkl") -> None:
 def load_checkpoint_from_args(args):
     """(algorithm, device) for the flags of ``add_checkpoint_arguments``."""
     from ..checkpoints import load_checkpoint
-    from ..distributed import DistEnv
-    from ..training import pick_device
+    from ..run.distributed import DistEnv, pick_device
 
     device = pick_device(args.device, DistEnv())
     return load_checkpoint(args.checkpoint, device, args.allow_unsafe_pickle), device

@@ -11,8 +11,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..records import load_records
-from ..reporting import format_results
+from ..results.records import load_records
+from ..results.tables import format_results
 from ._cli import run_main
 
 
@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> str:
     out_file.write_text(report, encoding="utf-8")
 
     if args.plots:
-        from ..plots import save_plots  # matplotlib only when figures are asked for
+        from ..results.plots import save_plots  # matplotlib only when figures are asked for
 
         paths = save_plots(loaded.records, args.plots)
         print(f"wrote {len(paths)} figures to {args.plots}", file=sys.stderr)

@@ -14,8 +14,9 @@ import json
 import shutil
 from pathlib import Path
 
-from ..datasets import get_dataset_class
-from ..training import RunError, TrainConfig, run
+from ..data.registry import get_dataset_class
+from ..run.folder import RunFolder
+from ..run.trainer import RunError, TrainConfig, run
 from ._cli import run_main
 
 ALGORITHMS = ("ERM", "SFMOE")
@@ -44,7 +45,7 @@ def summarize(record: dict, test_env: int, n_envs: int) -> tuple[float, float]:
 
 
 def last_record(run_dir: Path) -> dict:
-    return json.loads((run_dir / "results.jsonl").read_text().splitlines()[-1])
+    return RunFolder(run_dir).read_records()[-1]
 
 
 def main(argv: list[str] | None = None) -> list[tuple]:
@@ -56,7 +57,7 @@ def main(argv: list[str] | None = None) -> list[tuple]:
     rows = []
     for algorithm in ALGORITHMS:
         run_dir = root / algorithm
-        if (run_dir / "done").exists():
+        if RunFolder(run_dir).is_done:
             print(f"Reusing the finished {algorithm} run in {run_dir} (--fresh to train again)")
         else:
             print(f"Training {algorithm} on {args.dataset}, holding out environment "
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> list[tuple]:
               f"{step_time:>7.3f}")
     print(f"\nRecords, models and TensorBoard logs: {root}/ "
           f"(python -m domainbed.scripts.collect_results --input_dir {root})")
-    figures = draw_figures(root / "SFMOE" / "model.pkl", args.dataset, args.test_env, root / "figures")
+    figures = draw_figures(RunFolder(root / "SFMOE").model, args.dataset, args.test_env, root / "figures")
     print("Attention and expert maps of SF-MoE on held-out images:")
     for path in figures:
         print(f"  {path}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 
 from ..checkpoints import UnsafeCheckpointError
-from ..evaluation import evaluate_environments
+from ..run.evaluation import evaluate_environments
 from ._cli import add_checkpoint_arguments, load_checkpoint_from_args, run_main
 
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..model_selection import SELECTION_METHODS
-from ..records import base_algorithm, label_algorithms_by_backbone, load_records, selection_groups
+from ..results.records import base_algorithm, label_algorithms_by_backbone, load_records, selection_groups
+from ..results.selection import SELECTION_METHODS
 from ._cli import run_main
 
 

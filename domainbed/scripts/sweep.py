@@ -12,9 +12,9 @@ import json
 import sys
 from collections import Counter
 
-from ..launchers import LAUNCHERS, LauncherOptions, get_launcher
 from ..sweep import (JobState, delete_incomplete, jobs_to_launch, launch, make_jobs, make_train_args,
-                     status_report)
+                      status_report)
+from ..sweep.launchers import LAUNCHERS, LauncherOptions, get_launcher
 from ._cli import run_main
 
 

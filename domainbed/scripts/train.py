@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..training import RunError, TrainConfig, run
+from ..run.trainer import RunError, TrainConfig, run
 from ._cli import run_main
 
 

@@ -32,7 +32,7 @@ class InputSpec:
 
 
 def _is_image_dataset(name: str) -> bool:
-    from ..datasets import get_dataset_class
+    from ..data.registry import get_dataset_class
 
     return issubclass(get_dataset_class(name), ImageDomainDataset)
 

@@ -103,7 +103,7 @@ def dataset_usage(algorithm, dataset_name: str, data_dir: str, max_per_env: int 
                   device: str | torch.device = "cpu", seed: int = 0) -> ExpertUsage:
     """Expert usage of ``algorithm`` on up to ``max_per_env`` images (a seeded sample) of every
     environment of ``dataset_name``, in eval mode, in batches of ``batch_size`` from one environment."""
-    from ..datasets import get_dataset_class
+    from ..data.registry import get_dataset_class
 
     if max_per_env < 1 or batch_size < 1:
         raise ValueError(f"max_per_env and batch_size must be >= 1, got {max_per_env} and {batch_size}")

@@ -3,7 +3,6 @@
 import copy
 import math
 
-import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -12,8 +11,6 @@ import torch.nn.functional as F
 from domainbed.algorithms.adrmx import supervised_contrastive_loss
 from domainbed.algorithms.adversarial import class_balanced_weights, gradient_penalty
 from domainbed.algorithms.transfer import project_to_ball
-from domainbed.hparams_registry import hparam_space
-from domainbed.seeding import seed_hash
 
 
 def flat(module: nn.Module) -> torch.Tensor:
@@ -85,16 +82,6 @@ def test_cdann_generator_loss_against_an_explicit_loop(kit):
         penalty += torch.autograd.grad(ce, disc_input)[0].pow(2).sum().item() / len(y)
     values = algorithm.update(minibatches)  # update 1 with d = 1: a generator step
     assert values["gen_loss"] == pytest.approx(task - 0.3 * (disc + 0.7 * penalty), rel=1e-5)
-
-
-def test_dann_hparams_follow_domainbed_registry():
-    small, large = hparam_space("DANN", "RotatedMNIST"), hparam_space("DANN", "PACS")
-    assert (small.defaults()["lr_g"], large.defaults()["lr_d"], small.defaults()["mlp_depth"]) == (1e-3, 5e-5, 3)
-    seed = 7
-    draws = large.draws(seed)
-    assert draws["lr_g"] == 10 ** np.random.RandomState(seed_hash(seed, "lr_g")).uniform(-5, -3.5)
-    assert draws["d_steps_per_g_step"] == int(2 ** np.random.RandomState(seed_hash(seed, "d_steps_per_g_step")).uniform(0, 3))
-    assert small.draws(seed)["weight_decay_g"] == 0.0
 
 
 # ---------------------------------------------------------------- URM
@@ -217,12 +204,6 @@ def test_adrmx_alternates_discriminator_and_generator(kit):
             assert "loss_remixed" in values and not disc_moved and all(gen_moved)
 
 
-def test_adrmx_learning_rate_replaces_the_common_one():
-    assert hparam_space("ADRMX", "RotatedMNIST").defaults()["lr"] == 3e-3
-    assert hparam_space("ADRMX", "PACS").defaults()["lr"] == 3e-5
-    assert hparam_space("ADRMX", "PACS").draws(3)["lr"] in (2e-5, 3e-5, 4e-5, 5e-5)
-
-
 # ---------------------------------------------------------------- Transfer
 def test_projection_onto_the_ball_by_hand():
     center, module = nn.Linear(2, 1), nn.Linear(2, 1)
@@ -282,10 +263,3 @@ def test_transfer_update_by_hand_with_gradient_descent_ascent(kit):
     torch.testing.assert_close(transfer.adv_classifier.weight, w.detach() + scale * step_w, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(transfer.adv_classifier.bias, b.detach() + scale * step_b, rtol=1e-4, atol=1e-6)
     assert scale < 1.0  # the projection was active
-
-
-def test_transfer_hparams_follow_domainbed_registry():
-    space = hparam_space("Transfer", "PACS")
-    defaults = space.defaults()
-    assert (defaults["t_lambda"], defaults["delta"], defaults["d_steps_per_g"], defaults["gda"]) == (1.0, 2.0, 10, False)
-    assert space.draws(4)["gda"] is True and space.draws(4)["d_steps_per_g"] in (1, 2, 5)

@@ -2,7 +2,6 @@
 schedules against hand computations (closed forms, explicit loops, numbers worked out by hand)."""
 
 import copy
-import hashlib
 import math
 import statistics
 
@@ -11,7 +10,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from domainbed import hparams_registry
 from domainbed.algorithms.invariance import feature_variance, irm_penalty
 from domainbed.algorithms.risk_distribution import kde_quantile, rdm_terms, risk_variance
 from domainbed.algorithms.spectral_decoupling import logit_penalty
@@ -301,60 +299,3 @@ def test_rdm_penalties_start_at_the_anneal_step_with_a_fresh_adam_at_rdm_lr(kit)
         assert values["total_loss"] == pytest.approx(expected, rel=1e-6)
         assert (rdm.optimizer is original) == (step < 2)
     assert rdm.optimizer.param_groups[0]["lr"] == 2e-4
-
-
-# ------------------------------------------------------------------ hparams
-def domainbed_draw(seed: int, name: str, draw):
-    return draw(np.random.RandomState(int(hashlib.md5(str((seed, name)).encode()).hexdigest(), 16) % 2**31))
-
-
-DOMAINBED_DRAWS = [  # (dataset, algorithm, hparam, DomainBed's distribution)
-    ("PACS", "IRM", "irm_lambda", lambda r: 10 ** r.uniform(-1, 5)),
-    ("PACS", "IRM", "irm_penalty_anneal_iters", lambda r: int(10 ** r.uniform(0, 4))),
-    ("PACS", "IB_IRM", "ib_lambda", lambda r: 10 ** r.uniform(-1, 5)),
-    ("PACS", "IB_ERM", "ib_penalty_anneal_iters", lambda r: int(10 ** r.uniform(0, 4))),
-    ("PACS", "VREx", "vrex_lambda", lambda r: 10 ** r.uniform(-1, 5)),
-    ("PACS", "VREx", "vrex_penalty_anneal_iters", lambda r: int(10 ** r.uniform(0, 4))),
-    ("PACS", "GroupDRO", "groupdro_eta", lambda r: 10 ** r.uniform(-3, -1)),
-    ("PACS", "SD", "sd_reg", lambda r: 10 ** r.uniform(-5, -1)),
-    ("PACS", "EQRM", "eqrm_quantile", lambda r: r.uniform(0.5, 0.99)),
-    ("PACS", "EQRM", "eqrm_burnin_iters", lambda r: int(10 ** r.uniform(2.5, 3.5))),  # truncated (see EQRM)
-    ("PACS", "EQRM", "eqrm_lr", lambda r: 10 ** r.uniform(-7, -5)),
-    ("PACS", "RDM", "rdm_lambda", lambda r: r.uniform(1.0, 10.0)),
-    ("VLCS", "RDM", "rdm_lambda", lambda r: r.uniform(0.1, 10.0)),
-    ("DomainNet", "RDM", "rdm_lambda", lambda r: r.uniform(0.1, 1.0)),
-    ("DomainNet", "RDM", "rdm_penalty_anneal_iters", lambda r: int(r.uniform(1500, 3000))),
-    ("PACS", "RDM", "rdm_penalty_anneal_iters", lambda r: int(r.uniform(800, 2700))),
-    ("PACS", "RDM", "variance_weight", lambda r: r.uniform(0.001, 0.007)),
-    ("OfficeHome", "RDM", "variance_weight", lambda r: 0.0),
-    ("PACS", "RDM", "rdm_lr", lambda r: r.uniform(8e-6, 2e-5)),
-    ("PACS", "RDM", "batch_size", lambda r: int(r.uniform(70, 100))),
-    ("TerraIncognita", "RDM", "batch_size", lambda r: int(r.uniform(30, 60))),
-    ("RotatedMNIST", "RDM", "batch_size", lambda r: int(2 ** r.uniform(3, 9))),
-]
-
-
-@pytest.mark.parametrize("dataset, algorithm, name, draw", DOMAINBED_DRAWS)
-def test_random_draws_equal_domainbeds(dataset, algorithm, name, draw):
-    for seed in (1, 7, 123456):
-        assert hparams_registry.random_hparams(algorithm, dataset, seed)[name] == domainbed_draw(seed, name, draw)
-
-
-def test_defaults_are_domainbeds():
-    expected = {
-        ("PACS", "IRM"): {"irm_lambda": 1e2, "irm_penalty_anneal_iters": 500},
-        ("PACS", "IB_IRM"): {"irm_lambda": 1e2, "irm_penalty_anneal_iters": 500, "ib_lambda": 1e2,
-                             "ib_penalty_anneal_iters": 500},
-        ("PACS", "VREx"): {"vrex_lambda": 1e1, "vrex_penalty_anneal_iters": 500},
-        ("PACS", "GroupDRO"): {"groupdro_eta": 1e-2},
-        ("PACS", "SD"): {"sd_reg": 0.1},
-        ("PACS", "EQRM"): {"eqrm_quantile": 0.75, "eqrm_burnin_iters": 2500, "eqrm_lr": 1e-6},
-        ("PACS", "RDM"): {"rdm_lambda": 5.0, "rdm_penalty_anneal_iters": 1500, "variance_weight": 0.004,
-                          "rdm_lr": 1.5e-5, "batch_size": 88},
-        ("DomainNet", "RDM"): {"rdm_lambda": 0.5, "rdm_penalty_anneal_iters": 2400, "variance_weight": 0.0,
-                               "batch_size": 40},
-        ("RotatedMNIST", "RDM"): {"batch_size": 64},
-    }
-    for (dataset, algorithm), values in expected.items():
-        defaults = hparams_registry.default_hparams(algorithm, dataset)
-        assert {name: defaults[name] for name in values} == values, (dataset, algorithm)

@@ -20,11 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-DONE_FILE = "done"
-LOCK_FILE = "sweep.lock"
-# train tees its own out.txt / err.txt; these catch everything, including errors before that starts
-STDOUT_FILE = "sweep_out.txt"
-STDERR_FILE = "sweep_err.txt"
+from ..run.folder import RunFolder
+
 ALREADY_RUNNING = "already running"
 SLURM_MAX_ARRAY = 1000  # Slurm's default MaxArraySize is 1001
 PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
@@ -55,7 +52,7 @@ class JobResult:
 
     def last_error_line(self) -> str:
         """The last non-empty line the job wrote to stderr, to say why it failed."""
-        path = Path(self.output_dir) / STDERR_FILE
+        path = RunFolder(self.output_dir).sweep_err
         if not path.exists():
             return self.note
         lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
@@ -82,17 +79,18 @@ class LauncherOptions:
 
 def run_job(spec: JobSpec, extra_env: dict[str, str] | None = None) -> JobResult:
     """Run one train command to its end; never raises for a failing job."""
-    folder = Path(spec.output_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    if (folder / DONE_FILE).exists():
+    folder = RunFolder(spec.output_dir)
+    folder.path.mkdir(parents=True, exist_ok=True)
+    if folder.is_done:
         return JobResult(spec.output_dir, None, "already done")
-    with open(folder / LOCK_FILE, "a") as lock:
+    with open(folder.lock, "a") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             return JobResult(spec.output_dir, None, ALREADY_RUNNING)
         env = {**os.environ, **dict(spec.env), **(extra_env or {})}
-        with open(folder / STDOUT_FILE, "a") as out, open(folder / STDERR_FILE, "a") as err:
+        # train tees its own out.txt / err.txt; these catch everything, errors before it starts included
+        with open(folder.sweep_out, "a") as out, open(folder.sweep_err, "a") as err:
             try:
                 # the job shares the lock: it stays held while the job lives, even if this process dies
                 process = subprocess.run(spec.command, cwd=spec.cwd, env=env, stdout=out, stderr=err,
@@ -105,7 +103,7 @@ def run_job(spec: JobSpec, extra_env: dict[str, str] | None = None) -> JobResult
 
 def is_running(output_dir: str | os.PathLike) -> bool:
     """Whether some process (on a file system with working locks) is training this job now."""
-    path = Path(output_dir) / LOCK_FILE
+    path = RunFolder(output_dir).lock
     if not path.exists():
         return False
     with open(path, "a") as lock:

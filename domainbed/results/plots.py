@@ -11,16 +11,10 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from .model_selection import SELECTION_METHODS, SelectionMethod
 from .records import Record, group_by, label_algorithms_by_backbone, n_environments
-from .reporting import (
-    dataset_environments,
-    mean_and_error,
-    ordered_algorithms,
-    ordered_datasets,
-    sweep_results,
-    trial_accuracies,
-)
+from .selection import SELECTION_METHODS, SelectionMethod
+from .tables import (dataset_environments, mean_and_error, ordered_algorithms, ordered_datasets,
+                     sweep_results, trial_accuracies)
 
 CurveKey = tuple[str, str, tuple[int, ...], int]  # dataset, algorithm, test_envs, hparams_seed
 

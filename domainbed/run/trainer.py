@@ -9,48 +9,36 @@ seed and the step; the algorithm's declared state and every RNG are restored).
 
 The loop talks to the algorithm only through its contract (``algorithms.base``): ``update``,
 ``after_step``, ``on_checkpoint``, ``evaluation_model``, ``state_dict``/``training_state``. Records
-are assembled from contributors (``records_contributors``), one per kind of value.
+are assembled from contributors (``contributors``), one per kind of value; the run's flags,
+hparams and splits are ``config``'s, its files ``folder``'s.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import math
 import os
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from . import datasets as datasets_lib
-from . import hparams_registry
-from .algorithms import Algorithm, Checkpoint, RunInfo, canonical_name, get_algorithm_class
-from .checkpoints import atomic_torch_save, save_model
-from .data.loaders import eval_loader, train_loader
-from .data.splits import split_dataset
-from .distributed import DistEnv, init_distributed, shutdown
+from ..algorithms import Algorithm, Checkpoint, RunInfo, canonical_name, get_algorithm_class
+from ..checkpoints import atomic_torch_save, save_model
+from ..data import registry as datasets_lib
+from ..data.loaders import eval_loader, train_loader
+from ..models import PretrainedWeightsError
+from ..seeding import seed_everything, seed_hash
+from .config import RunError, TrainConfig, TrainingDiverged, make_splits, resolve_hparams, validate_config
+from .contributors import Accuracies, LossValues, RoutingStatistics, Timing, validation_for
+from .distributed import DistEnv, init_distributed, pick_device, shutdown
 from .environment import describe_environment
-from .models import PretrainedWeightsError
-from .records_contributors import Accuracies, LossValues, RoutingStatistics, Timing, validation_for
+from .folder import RunFolder
 from .rng_state import capture_rng_state, restore_rng_state
-from .run_files import append_record, keep_records_up_to, logging_to
-from .seeding import seed_everything, seed_hash
 
-STATE_FILE = "checkpoint.pt"
-RECORDS_FILE = "results.jsonl"
 TIMING_KEYS = ("step_time", "mem_gb")
-
-
-class RunError(Exception):
-    """A run cannot start or go on; the message says why and what to do."""
-
-
-class TrainingDiverged(RunError):
-    pass
 
 
 @contextlib.contextmanager
@@ -66,106 +54,6 @@ def _data_errors_as_run_errors():
         raise RunError(f"{message} (the last checkpoint is kept; rerun the same command to resume)") from error
 
 
-@dataclass
-class TrainConfig:
-    """DomainBed's train flags, plus the ones a GPU user expects."""
-    data_dir: str = "./domainbed/data"
-    dataset: str = "RotatedDigits"
-    algorithm: str = "ERM"
-    task: str = "domain_generalization"
-    hparams: str | None = None
-    hparams_seed: int = 0
-    trial_seed: int = 0
-    seed: int = 0
-    steps: int | None = None
-    checkpoint_freq: int | None = None
-    test_envs: list[int] = field(default_factory=lambda: [0])
-    output_dir: str = "train_output"
-    holdout_fraction: float = 0.2
-    uda_holdout_fraction: float = 0.0
-    skip_model_save: bool = False
-    save_model_every_checkpoint: bool = False
-    # ours
-    device: str = "auto"
-    precision: str = "fp32"
-    compile: bool = False
-    num_workers: int | None = None
-    eval_batch_size: int = 64
-    progress: bool | None = None
-
-    def record_args(self) -> dict:
-        return dataclasses.asdict(self)
-
-
-# ---------------------------------------------------------------------------------------------- setup
-
-def pick_device(name: str, dist_env: DistEnv) -> torch.device:
-    if name != "auto":
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda", dist_env.local_rank)
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-def resolve_hparams(config: TrainConfig) -> dict:
-    try:
-        overrides = json.loads(config.hparams) if config.hparams else {}
-    except json.JSONDecodeError as error:
-        raise RunError(f"--hparams is not valid JSON ({error.msg} at character {error.pos}); "
-                       "example: --hparams '{\"lr\": 1e-4}'") from None
-    if not isinstance(overrides, dict):
-        raise RunError("--hparams must be a JSON object, e.g. '{\"lr\": 1e-4}'")
-    try:
-        return hparams_registry.resolve_hparams(config.algorithm, config.dataset, config.hparams_seed,
-                                                config.trial_seed, overrides)
-    except ValueError as error:
-        raise RunError(str(error)) from None
-
-
-def _validate(config: TrainConfig, dataset) -> None:
-    n_envs = len(dataset)
-    bad = [env for env in config.test_envs if not 0 <= env < n_envs]
-    if bad:
-        raise RunError(f"test env {bad[0]} is out of range: {config.dataset} has {n_envs} environments "
-                       f"(0-{n_envs - 1}: {', '.join(dataset.ENVIRONMENTS)})")
-    if len(set(config.test_envs)) >= n_envs:
-        raise RunError("every environment is a test environment; leave at least one to train on")
-    if config.precision not in ("fp32", "bf16"):
-        raise RunError(f"unknown --precision '{config.precision}'; use fp32 or bf16")
-    if config.task not in ("domain_generalization", "domain_adaptation"):
-        raise RunError(f"unknown --task '{config.task}'; use domain_generalization or domain_adaptation")
-    if config.task == "domain_adaptation" and config.uda_holdout_fraction <= 0:
-        raise RunError("--task domain_adaptation needs --uda_holdout_fraction > 0")
-
-
-@dataclass
-class _Splits:
-    evals: list  # (name, subset)
-    train: list  # (env index, subset)
-    uda: list    # (env index, subset)
-
-
-def make_splits(dataset, config: TrainConfig) -> _Splits:
-    """DomainBed's splits: out/in per environment, uda share of the test environments' "in"."""
-    splits = _Splits([], [], [])
-    for env_i, env in enumerate(dataset):
-        out, in_ = split_dataset(env, int(len(env) * config.holdout_fraction),
-                                 seed_hash(config.trial_seed, env_i))
-        uda = None
-        if env_i in config.test_envs and config.uda_holdout_fraction > 0:
-            uda, in_ = split_dataset(in_, int(len(in_) * config.uda_holdout_fraction),
-                                     seed_hash(config.trial_seed, env_i))
-        splits.evals += [(f"env{env_i}_in", in_), (f"env{env_i}_out", out)]
-        if uda is not None:
-            splits.evals.append((f"env{env_i}_uda", uda))
-            splits.uda.append((env_i, uda))
-        if env_i not in config.test_envs:
-            splits.train.append((env_i, in_))
-    return splits
-
-
 def run(config: TrainConfig) -> dict:
     """Train (or resume) one run and return its last record."""
     dist_env = init_distributed()
@@ -177,7 +65,7 @@ def run(config: TrainConfig) -> dict:
 
 def _run(config: TrainConfig, dist_env: DistEnv) -> dict:
     output_dir = Path(config.output_dir)
-    if (output_dir / "done").exists():
+    if RunFolder(output_dir).is_done:
         raise RunError(f"{output_dir} already holds a finished run (a 'done' file); choose another "
                        "--output_dir or delete that folder to train again")
     try:
@@ -191,7 +79,7 @@ def _run(config: TrainConfig, dist_env: DistEnv) -> dict:
         dataset = dataset_class(config.data_dir, config.test_envs, hparams)
     except (FileNotFoundError, ValueError, ImportError) as error:
         raise RunError(str(error)) from None
-    _validate(config, dataset)
+    validate_config(config, dataset)
     n_steps = config.steps if config.steps is not None else dataset.N_STEPS
     checkpoint_freq = config.checkpoint_freq or dataset.CHECKPOINT_FREQ
     num_domains = len(dataset) - len(set(config.test_envs))
@@ -212,7 +100,7 @@ def _run(config: TrainConfig, dist_env: DistEnv) -> dict:
     if dist_env.is_main:
         output_dir.mkdir(parents=True, exist_ok=True)
     dist_env.barrier()
-    with logging_to(output_dir, dist_env.is_main):
+    with RunFolder(output_dir).logging(dist_env.is_main):
         trainer = _Trainer(config, dist_env, hparams, dataset, algorithm, device, output_dir,
                            n_steps, checkpoint_freq)
         return trainer.train()
@@ -228,7 +116,7 @@ class _Trainer:
         self.config, self.dist_env, self.hparams, self.dataset = config, dist_env, hparams, dataset
         self.algorithm, self.device, self.output_dir = algorithm, device, output_dir
         self.n_steps, self.checkpoint_freq = n_steps, checkpoint_freq
-        self.state_path, self.records_path = output_dir / STATE_FILE, output_dir / RECORDS_FILE
+        self.folder = RunFolder(output_dir)
         self.autocast_dtype = torch.bfloat16 if config.precision == "bf16" else None
         self.environment = describe_environment(device)
         self.saved_step: int | None = None
@@ -277,11 +165,11 @@ class _Trainer:
 
     def _resume(self) -> int:
         """Restore the last checkpoint's state if there is one; the step to start from."""
-        if not self.state_path.exists():
-            if self.dist_env.is_main and self.records_path.exists():
-                self.records_path.unlink()  # records of a run that never reached its first checkpoint
+        if not self.folder.state.exists():
+            if self.dist_env.is_main:
+                self.folder.results.unlink(missing_ok=True)  # records of a run that never reached its first checkpoint
             return 0
-        state = torch.load(self.state_path, map_location="cpu", weights_only=True)
+        state = torch.load(self.folder.state, map_location="cpu", weights_only=True)
         self.algorithm.load_state_dict(state["algorithm"])
         self.algorithm.load_training_state(state["training_state"])
         rng = state["rng"]
@@ -289,7 +177,7 @@ class _Trainer:
                           else _rank_rng_fallback(rng[0], self.config, self.dist_env))
         self.saved_step = state["step"]
         if self.dist_env.is_main:
-            keep_records_up_to(self.records_path, state["step"])
+            self.folder.keep_records_up_to(state["step"])
             print(f"Resuming from the checkpoint of step {state['step']}")
         return state["step"] + 1
 
@@ -329,7 +217,7 @@ class _Trainer:
         self.writer = None
         if self.dist_env.is_main:
             from torch.utils.tensorboard import SummaryWriter
-            self.writer = SummaryWriter(log_dir=str(self.output_dir / "tensorboard"), purge_step=start_step)
+            self.writer = SummaryWriter(log_dir=str(self.folder.tensorboard), purge_step=start_step)
         enabled = self.config.progress if self.config.progress is not None else sys.__stderr__.isatty()
         self.progress = tqdm(total=self.n_steps, initial=start_step, disable=not (enabled and self.dist_env.is_main),
                              file=sys.__stderr__, desc=f"{self.config.algorithm} {self.config.dataset}",
@@ -382,14 +270,14 @@ class _Trainer:
                 record.update(self.accuracies.evaluate(self.algorithm.evaluation_model()))
             record.update(self.routing.take())
             record["environment"] = self.environment
-            append_record(self.records_path, record)
+            self.folder.append_record(record)
             self._print_record(record)
             self._log_scalars(record, step)
             atomic_torch_save({"step": step, "algorithm": self.algorithm.state_dict(),
                                "training_state": self.algorithm.training_state(), "rng": rng_states},
-                              self.state_path)
+                              self.folder.state)
             if self.config.save_model_every_checkpoint:
-                save_model(self.output_dir / f"model_step{step}.pkl", self.algorithm, self.config.record_args())
+                save_model(self.folder.model_at_step(step), self.algorithm, self.config.record_args())
         else:
             self.timing.take(), self.loss_values.take(), self.routing.take()
         self.dist_env.barrier()
@@ -414,9 +302,9 @@ class _Trainer:
     def _finish(self) -> None:
         if self.dist_env.is_main:
             if not self.config.skip_model_save:
-                save_model(self.output_dir / "model.pkl", self.algorithm, self.config.record_args())
-            (self.output_dir / "done").write_text("done\n")
-            self.state_path.unlink(missing_ok=True)  # the resume state is only needed until `done`
+                save_model(self.folder.model, self.algorithm, self.config.record_args())
+            self.folder.mark_done()
+            self.folder.state.unlink(missing_ok=True)  # the resume state is only needed until `done`
         self.dist_env.barrier()
 
 

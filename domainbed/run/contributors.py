@@ -15,10 +15,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .algorithms.base import Validation
+from ..algorithms.base import Validation
+from ..moe import moe_layers
+from ..moe.stats import routing_counts, routing_shares
 from .evaluation import accuracy
-from .moe import moe_layers
-from .moe.stats import routing_counts, routing_shares
 
 
 class LossValues:

@@ -10,12 +10,13 @@ SF-MoE's per-dataset learning rates), as DomainBed's dataset-and-algorithm speci
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
 
-from .seeding import seed_hash
+from ..seeding import seed_hash
 
 # DomainBed's SMALL_IMAGES, plus the embedded digit datasets that follow its MNIST rules.
 SMALL_IMAGES = ("Debug28", "RotatedMNIST", "ColoredMNIST", "RotatedDigits", "ColoredDigits")
@@ -29,7 +30,9 @@ class HParam:
 
     ``kind`` is the accepted Python type (inferred from the default: an int hparam takes ints, a
     float one ints or floats); ``low``/``high`` bound numbers; ``choices`` lists allowed values;
-    ``nullable`` admits None (e.g. dropless ``capacity_factor``).
+    ``nullable`` admits None (e.g. dropless ``capacity_factor``); ``seed_name`` draws the value from
+    another name's seed (an hparam that stands for a DomainBed one of another name draws what
+    DomainBed would).
     """
 
     name: str
@@ -40,6 +43,7 @@ class HParam:
     high: float | None = None
     choices: tuple | None = None
     nullable: bool = False
+    seed_name: str | None = None
 
     def accepted_kind(self) -> tuple[type, ...]:
         if self.kind is not None:
@@ -105,10 +109,25 @@ class HParamSpace:
 
     def draws(self, random_seed: int) -> dict:
         """Every hparam drawn from its own ``RandomState(seed_hash(random_seed, name))``."""
-        return {name: _plain(spec.draw(np.random.RandomState(seed_hash(random_seed, name))))
+        return {name: _plain(spec.draw(np.random.RandomState(seed_hash(random_seed, spec.seed_name or name))))
                 for name, spec in self.specs.items()}
 
 
 def _plain(value):
     """NumPy scalars (from ``r.choice``) as Python values, so records stay plain JSON."""
     return value.item() if isinstance(value, np.generic) else value
+
+
+def parse_hparams_json(text: str | None) -> dict:
+    """``--hparams`` as a dict ({} for None), or a one-line ValueError with an example (the one
+    parser every command uses)."""
+    if not text:
+        return {}
+    try:
+        parsed = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"--hparams is not valid JSON ({error.msg} at character {error.pos}); "
+                         "example: --hparams '{\"lr\": 1e-4}'") from None
+    if not isinstance(parsed, dict):
+        raise ValueError("--hparams must be a JSON object, e.g. '{\"lr\": 1e-4}'")
+    return parsed

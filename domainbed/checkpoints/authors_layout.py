@@ -1,4 +1,4 @@
-"""Convert between the authors' MoE checkpoint layout (their tutel-based code) and SparseMoE's.
+"""The authors' checkpoints: convert between their MoE checkpoint layout (their tutel-based code) and SparseMoE's.
 
 In the authors' checkpoints a MoE block's FFN ``blocks.{i}.mlp`` holds
 ``gates.0.{temperature, cosine_projector.weight, cosine_projector.bias, sim_matrix}`` (cosine
@@ -77,3 +77,46 @@ def from_authors_layout(state_dict: dict[str, torch.Tensor]) -> tuple[dict[str, 
 def to_authors_layout(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """SparseMoE keys -> the authors' keys (the inverse of ``from_authors_layout``)."""
     return _convert(state_dict, _OURS_TO_AUTHORS)
+
+
+# Attention heads of the standard ViT/DeiT widths (the weights do not tell how D splits into heads).
+STANDARD_HEADS = {192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16}
+
+
+def authors_model(saved: dict) -> tuple[dict, dict, tuple[int, int, int]]:
+    """(hparams, state dict in our names, input shape) of a checkpoint written by the authors' code.
+
+    Width, depth, patch size, input size and FFN width come from the weights' shapes; experts,
+    MoE blocks and router from the MoE keys; the number of attention heads from the checkpoint's
+    own hparams/args (``num_heads``) or, for the standard ViT widths, from the ViT family's table.
+    Keys are renamed to ours: ``model.head.`` -> ``classifier.``, ``model.`` -> ``featurizer.``."""
+    from ..hparams import registry as hparams_registry
+
+    converted, moe_blocks = from_authors_layout(saved["model_dict"])
+    state = {}
+    for key, value in converted.items():
+        key = key[len("model."):] if key.startswith("model.") else key
+        state[("classifier." + key[len("head."):]) if key.startswith("head.") else "featurizer." + key] = value
+    patch = state["featurizer.patch_embed.proj.weight"]  # [D, C, p, p]
+    embed_dim, in_chans, patch_size = patch.shape[0], patch.shape[1], patch.shape[2]
+    grid = int(round((state["featurizer.pos_embed"].shape[1] - 1) ** 0.5))
+    depth = 1 + max(int(key.split(".")[2]) for key in state if key.startswith("featurizer.blocks."))
+    hidden = state[f"featurizer.blocks.{min(moe_blocks)}.mlp.experts.fc1_weight"].shape[1]
+    router = "cosine" if any(k.endswith("router.expert_embeddings") for k in state) else "linear"
+    args = dict(vars(saved["args"])) if hasattr(saved.get("args"), "__dict__") else dict(saved.get("args") or {})
+    saved_hparams = dict(saved.get("model_hparams") or {})
+    num_heads = saved_hparams.get("num_heads") or args.get("num_heads") or STANDARD_HEADS.get(embed_dim)
+    if num_heads is None:
+        raise ValueError(f"cannot tell the attention heads of this width-{embed_dim} ViT (not a standard "
+                         f"ViT width: {', '.join(map(str, STANDARD_HEADS))}); add 'num_heads' to the "
+                         "checkpoint's model_hparams")
+    hparams = hparams_registry.default_hparams("SFMOE", args.get("dataset", "PACS"))
+    hparams.update({key: value for key, value in saved_hparams.items()
+                    if key in ("lr", "weight_decay", "batch_size", "dropout")})
+    hparams.update(
+        backbone="gmoe_small_patch16_224", pretrained=False, pretrained_file="",
+        moe_blocks=list(moe_blocks), num_experts=next(iter(moe_blocks.values())), router=router,
+        backbone_kwargs=dict(embed_dim=embed_dim, depth=depth, num_heads=int(num_heads),
+                             patch_size=patch_size, mlp_ratio=hidden / embed_dim),
+    )
+    return hparams, state, (in_chans, grid * patch_size, grid * patch_size)

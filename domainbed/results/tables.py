@@ -8,61 +8,36 @@ being cut off, so long algorithm names stay readable.
 """
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
-from types import ModuleType
 
 import numpy as np
 
-from .model_selection import SELECTION_METHODS, SelectionMethod
+from ..algorithms import ALGORITHMS
+from ..data.catalog import CATALOG, DATASETS
 from .records import (Record, base_algorithm, group_by, label_algorithms_by_backbone, n_environments,
                       selection_groups)
+from .selection import SELECTION_METHODS, SelectionMethod
 
 DATASET_COLWIDTH = 20
 AVERAGES_COLWIDTH = 25
 
 
-# ---------------------------------------------------------------- registries (optional)
-
-def _optional_module(name: str) -> ModuleType | None:
-    # reporting must work on records alone, e.g. on a laptop without the training stack
-    try:
-        return importlib.import_module(name)
-    except ImportError:
-        return None
-
+# ---------------------------------------------------------------- names (torch-free)
 
 def registered_datasets() -> list[str]:
-    """Dataset names in the package's canonical order ([] if domainbed.datasets is absent)."""
-    module = _optional_module("domainbed.datasets")
-    return list(getattr(module, "DATASETS", []) or []) if module else []
+    """Dataset names in the package's canonical order."""
+    return list(DATASETS)
 
 
 def registered_algorithms() -> list[str]:
-    """Algorithm names in the package's canonical order ([] if unavailable)."""
-    module = _optional_module("domainbed.algorithms")
-    return list(getattr(module, "ALGORITHMS", []) or []) if module else []
-
-
-def registered_environments(dataset_name: str) -> list[str] | None:
-    """The dataset class's ENVIRONMENTS short names, or None if the dataset is unknown."""
-    module = _optional_module("domainbed.datasets")
-    if module is None or not hasattr(module, "get_dataset_class"):
-        return None
-    try:
-        dataset_class = module.get_dataset_class(dataset_name)
-    except (KeyError, ValueError, NotImplementedError):
-        return None
-    environments = getattr(dataset_class, "ENVIRONMENTS", None)
-    return list(environments) if environments else None
+    """Algorithm names in the package's canonical order (DomainBed's, then ours)."""
+    return list(ALGORITHMS)
 
 
 def environment_names(dataset_name: str, n_envs: int) -> list[str]:
-    """Column names for a dataset: its ENVIRONMENTS if known, else env0..env{n_envs-1}."""
-    names = registered_environments(dataset_name)
-    if names is not None:
-        return names
-    return [f"env{i}" for i in range(n_envs)]
+    """Column names for a dataset: its environments if known, else env0..env{n_envs-1}."""
+    info = CATALOG.get(dataset_name)
+    return list(info.environments) if info is not None else [f"env{i}" for i in range(n_envs)]
 
 
 def ordered_datasets(records: list[Record]) -> list[str]:

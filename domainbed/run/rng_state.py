@@ -7,6 +7,7 @@ import random
 import numpy as np
 import torch
 
+
 def capture_rng_state() -> dict:
     np_state = np.random.get_state()
     py_state = random.getstate()

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .data.loaders import eval_loader
-from .datasets import get_dataset_class
+from ..data.loaders import eval_loader
+from ..data.registry import get_dataset_class
 
 
 @dataclass

@@ -21,10 +21,12 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import datasets as datasets_lib
-from .launchers import (DONE_FILE, PACKAGE_ROOT, JobResult, JobSpec, Launcher, LauncherOptions,
-                        is_running)
-from .seeding import seed_hash
+from ..algorithms import LOCATIONS, canonical_name
+from ..data.catalog import check_test_envs, num_environments
+from ..hparams.space import parse_hparams_json
+from ..run.folder import RunFolder
+from ..seeding import seed_hash
+from .launchers import PACKAGE_ROOT, JobResult, JobSpec, Launcher, LauncherOptions, is_running
 
 TRAIN_MODULE = "domainbed.scripts.train"
 
@@ -77,7 +79,7 @@ def make_train_args(datasets: list[str], algorithms: list[str], data_dir: str, *
     args_list = []
     for trial_seed in range(n_trials):
         for dataset in datasets:
-            n_envs = datasets_lib.num_environments(dataset)
+            n_envs = num_environments(dataset)
             for algorithm in algorithms:
                 for envs in all_test_env_combinations(n_envs, single_test_envs, test_envs):
                     for hparams_seed in range(n_hparams_from, n_hparams):
@@ -99,27 +101,16 @@ def make_train_args(datasets: list[str], algorithms: list[str], data_dir: str, *
 def _validate(datasets, algorithms, n_trials, n_hparams_from, n_hparams, test_envs, hparams) -> None:
     if not datasets or not algorithms:
         raise ValueError("give at least one --datasets and one --algorithms")
-    from .algorithms import get_algorithm_class
-    for algorithm in algorithms:
-        get_algorithm_class(algorithm)  # ValueError naming the known algorithms
+    unknown = [a for a in algorithms if canonical_name(a) not in LOCATIONS]
+    if unknown:
+        raise ValueError(f"unknown algorithm '{unknown[0]}'; known algorithms: {', '.join(LOCATIONS)}")
     for dataset in datasets:
-        n_envs = datasets_lib.num_environments(dataset)  # ValueError naming the known datasets
-        bad = [env for env in (test_envs or []) if not 0 <= env < n_envs]
-        if bad:
-            raise ValueError(f"--test_envs {bad[0]} is out of range for {dataset}, which has "
-                             f"{n_envs} environments (0-{n_envs - 1})")
+        check_test_envs(dataset, test_envs)  # ValueError naming the known datasets or environments
     if n_trials < 1:
         raise ValueError(f"--n_trials must be >= 1, got {n_trials}")
     if not 0 <= n_hparams_from < n_hparams:
         raise ValueError(f"need 0 <= --n_hparams_from < --n_hparams, got {n_hparams_from} and {n_hparams}")
-    if hparams is not None:
-        try:
-            parsed = json.loads(hparams)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"--hparams is not valid JSON ({error.msg}); example: "
-                             "--hparams '{\"lr\": 1e-4}'") from None
-        if not isinstance(parsed, dict):
-            raise ValueError("--hparams must be a JSON object, e.g. '{\"lr\": 1e-4}'")
+    parse_hparams_json(hparams)
 
 
 @dataclass(frozen=True)
@@ -134,7 +125,7 @@ class Job:
     @property
     def state(self) -> JobState:
         folder = Path(self.output_dir)
-        if (folder / DONE_FILE).exists():
+        if RunFolder(folder).is_done:
             return JobState.DONE
         if folder.exists():
             return JobState.INCOMPLETE

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-RESULTS_FILE = "results.jsonl"
-DONE_FILE = "done"
+from ..run.folder import RunFolder
+
 # args every record must carry to take part in model selection
 REQUIRED_ARGS = ("dataset", "algorithm", "test_envs", "trial_seed", "hparams_seed")
 
@@ -72,10 +72,10 @@ def load_records(input_dir: str | Path) -> LoadedRecords:
             f"input directory {str(root)!r} does not exist; pass the --output_dir used by "
             "sweep/train as --input_dir"
         )
-    paths = sorted(root.rglob(RESULTS_FILE))
+    paths = sorted(root.rglob(RunFolder.RESULTS))
     if not paths:
         raise ValueError(
-            f"no {RESULTS_FILE} found under {str(root)!r}; pass the --output_dir used by "
+            f"no {RunFolder.RESULTS} found under {str(root)!r}; pass the --output_dir used by "
             "sweep/train as --input_dir (runs write <output_dir>/<run>/results.jsonl)"
         )
     records: list[Record] = []
@@ -85,7 +85,7 @@ def load_records(input_dir: str | Path) -> LoadedRecords:
         run_records, skipped = read_results_file(path)
         records.extend(run_records)
         n_skipped += skipped
-        if not (path.parent / DONE_FILE).exists():
+        if not RunFolder(path.parent).is_done:
             n_incomplete += 1
     return LoadedRecords(records, len(paths), n_incomplete, n_skipped)
 

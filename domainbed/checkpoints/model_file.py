@@ -1,0 +1,64 @@
+"""Our model.pkl: DomainBed's dict layout, written atomically, loadable without running pickled code.
+
+``model.pkl`` keeps DomainBed's keys (args, model_input_shape, model_num_classes, model_num_domains,
+model_hparams, model_dict) so DomainBed tooling keeps working, plus ``model_algorithm`` (the
+canonical algorithm name); ``model_hparams`` is the run's full hparams, backbone and MoE settings
+included, so loading rebuilds the exact model and never guesses from weight shapes. ``args`` is a
+plain dict, so our files load with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+
+def atomic_torch_save(obj, path: str | os.PathLike) -> None:
+    """Write ``obj`` to a temporary file in the same folder, fsync it, then rename over ``path``:
+    a reader (or a resumed run) sees the old file or the new one, never a torn one."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(obj, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def cpu_state_dict(module) -> dict:
+    """``module.state_dict()`` on the CPU, keeping one copy of tensors registered under two names
+    (``featurizer.*`` and ``network.0.*`` are the same weights), so the file stores them once."""
+    copies: dict[tuple, torch.Tensor] = {}
+    state = {}
+    for key, value in module.state_dict().items():
+        identity = (value.data_ptr(), value.dtype, tuple(value.shape), value.stride())
+        if identity not in copies:
+            copies[identity] = value.detach().cpu()
+        state[key] = copies[identity]
+    return state
+
+
+def model_record(algorithm, args: dict) -> dict:
+    """The model.pkl dict of a trained algorithm (its whole state: an averaging method's averaged
+    weights are part of it, and ``load_checkpoint`` rebuilds the method around them)."""
+    return {
+        "args": dict(args),
+        "model_algorithm": type(algorithm).__name__,
+        "model_input_shape": list(algorithm.input_shape),
+        "model_num_classes": algorithm.num_classes,
+        "model_num_domains": algorithm.num_domains,
+        "model_hparams": dict(algorithm.hparams),
+        "model_dict": cpu_state_dict(algorithm),
+    }
+
+
+def save_model(path: str | os.PathLike, algorithm, args: dict) -> None:
+    atomic_torch_save(model_record(algorithm, args), path)

@@ -1,0 +1,33 @@
+"""The dataset classes by name (DomainBed's ``datasets`` module: ``DATASETS``, ``get_dataset_class``,
+``num_environments``).
+
+Usage: ``ds = get_dataset_class("PACS")(data_dir, test_envs=[0], hparams={})``; ``ds[i]`` is
+environment ``i`` yielding raw ``(x, y)`` items, and ``ds.train_transform(i)`` /
+``ds.eval_transform`` turn ``x`` into a model input. Names and environments come from the
+torch-free ``catalog``.
+"""
+
+from __future__ import annotations
+
+from .base import MultipleDomainDataset
+from .catalog import DATASETS, dataset_info, num_environments
+from .digits import ColoredDigits, Debug28, Debug224, RotatedDigits
+from .image_folders import PACS, SVIRO, VLCS, DomainNet, OfficeHome, TerraIncognita
+from .mnist import ColoredMNIST, RotatedMNIST
+from .wilds_datasets import WILDSCamelyon, WILDSFMoW
+
+_CLASSES: dict[str, type[MultipleDomainDataset]] = {
+    cls.__name__: cls
+    for cls in (Debug28, Debug224, ColoredMNIST, RotatedMNIST, VLCS, PACS, OfficeHome, TerraIncognita,
+                DomainNet, SVIRO, WILDSCamelyon, WILDSFMoW, RotatedDigits, ColoredDigits)
+}
+assert list(_CLASSES) == DATASETS, "every catalog entry has its class, in the catalog's order"
+
+
+def get_dataset_class(name: str) -> type[MultipleDomainDataset]:
+    """The dataset class registered under ``name`` (DomainBed's spelling, e.g. ``"OfficeHome"``)."""
+    dataset_info(name)  # ValueError naming the known datasets
+    return _CLASSES[name]
+
+
+__all__ = ["DATASETS", "get_dataset_class", "num_environments", "MultipleDomainDataset", *DATASETS]

@@ -1,0 +1,120 @@
+"""Do experts specialise to domains or to visual content? Normalised mutual information of the
+top-1 expert with the domain and with the class, per MoE layer, over the runs a sweep selected.
+
+The paper's second claim is that GMoE's experts pick up visual attributes rather than domains. If
+routing followed the domain, the expert a patch goes to would tell its domain (high NMI with the
+domain); if it follows content, it tells more about the class. NMI (arithmetic normalisation, as
+scikit-learn's default) is computed from the token counts of ``visualize.usage``: every patch
+token of every image is one observation of (expert, domain, class).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from .experts import block_label
+from .usage import ExpertUsage, row_shares
+
+
+def entropy(probabilities: np.ndarray) -> float:
+    p = probabilities[probabilities > 0]
+    return float(-(p * np.log(p)).sum())
+
+
+def normalized_mutual_information(counts: np.ndarray) -> float:
+    """NMI of the two variables of a contingency table ``counts[x, y]``: I(X;Y) / mean(H(X), H(Y))
+    (0 when either variable is constant)."""
+    joint = np.asarray(counts, dtype=float)
+    joint = joint / joint.sum()
+    px, py = joint.sum(1), joint.sum(0)
+    hx, hy = entropy(px), entropy(py)
+    if hx == 0 or hy == 0:
+        return 0.0
+    nonzero = joint > 0
+    mutual = float((joint[nonzero] * np.log(joint[nonzero] / np.outer(px, py)[nonzero])).sum())
+    return mutual / ((hx + hy) / 2)
+
+
+@dataclass
+class RunSpecialisation:
+    """One selected run: where it is, what it held out, and its expert usage."""
+    run_dir: str
+    trial_seed: int
+    test_env: int
+    usage: ExpertUsage
+
+    def nmi(self) -> dict[str, dict[str, float]]:
+        return {layer: {"domain": normalized_mutual_information(self.usage.by_domain[layer]),
+                        "class": normalized_mutual_information(self.usage.by_class[layer])}
+                for layer in self.usage.by_domain}
+
+
+def summarise(runs: list[RunSpecialisation]) -> dict:
+    """Per layer: mean and standard error (DomainBed's: std of x / sqrt(n)) of each NMI over runs,
+    plus every run's numbers."""
+    layers = list(runs[0].usage.by_domain)
+    summary = {"runs": [{"run_dir": r.run_dir, "trial_seed": r.trial_seed, "test_env": r.test_env, "nmi": r.nmi()}
+                        for r in runs], "layers": {}}
+    for layer in layers:
+        summary["layers"][layer] = {}
+        for variable in ("domain", "class"):
+            values = np.array([r.nmi()[layer][variable] for r in runs])
+            summary["layers"][layer][variable] = {"mean": float(values.mean()),
+                                                  "stderr": float(np.std(values / np.sqrt(len(values))))}
+    return summary
+
+
+def mean_shares(runs: list[RunSpecialisation], layer: str, by: str) -> np.ndarray:
+    """Each run's share of tokens per expert (rows: domains or classes), averaged over runs."""
+    return np.mean([row_shares(getattr(r.usage, f"by_{by}")[layer]) for r in runs], axis=0)
+
+
+def specialisation_figure(runs: list[RunSpecialisation], title: str = "") -> Figure:
+    """Left: NMI of the top-1 expert with the domain and with the class per MoE layer (mean and
+    standard error over runs). Right: expert shares by domain and by class of each layer (mean
+    over runs). Expert indices are not comparable across runs (experts are interchangeable), so
+    the share maps show how peaked routing is, and the NMI bars carry the comparison."""
+    summary = summarise(runs)
+    layers = list(summary["layers"])
+    figure = Figure(figsize=(3.2 + 5.0 * len(layers), 3.8))
+    grid = figure.add_gridspec(1, 1 + 2 * len(layers), width_ratios=[1.4] + [1.0] * (2 * len(layers)))
+    bars = figure.add_subplot(grid[0, 0])
+    x = np.arange(len(layers))
+    for offset, variable, colour in ((-0.18, "domain", "tab:orange"), (0.18, "class", "tab:blue")):
+        means = [summary["layers"][layer][variable]["mean"] for layer in layers]
+        errors = [summary["layers"][layer][variable]["stderr"] for layer in layers]
+        bars.bar(x + offset, means, 0.36, yerr=errors, capsize=3, color=colour, label=f"with {variable}")
+    bars.set_xticks(x, [block_label(layer) for layer in layers], fontsize=8)
+    bars.set_ylabel("NMI of top-1 expert", fontsize=8)
+    bars.legend(fontsize=7)
+    bars.set_title(f"{len(runs)} selected run{'s' if len(runs) != 1 else ''}", fontsize=8)
+    usage = runs[0].usage
+    for i, layer in enumerate(layers):
+        for j, (by, names) in enumerate((("domain", usage.domain_names), ("class", usage.class_names))):
+            ax = figure.add_subplot(grid[0, 1 + 2 * i + j])
+            image = ax.imshow(mean_shares(runs, layer, by), cmap="viridis", vmin=0, vmax=1, aspect="auto")
+            ax.set_yticks(range(len(names)), names, fontsize=6)
+            ax.set_xticks(range(usage.num_experts), [str(e) for e in range(usage.num_experts)], fontsize=6)
+            ax.set_xlabel("expert", fontsize=7)
+            ax.set_title(f"{block_label(layer)} by {by}", fontsize=8)
+    figure.colorbar(image, ax=figure.axes[-1], fraction=0.08, label="share of tokens")
+    if title:
+        figure.suptitle(title, fontsize=9)
+    figure.tight_layout()
+    return figure
+
+
+def save_specialisation(runs: list[RunSpecialisation], output_dir: str | os.PathLike, title: str = "") -> list[Path]:
+    """``specialisation.json`` (every run's NMIs and the summary) and ``specialisation.png``."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    json_path, png_path = output_dir / "specialisation.json", output_dir / "specialisation.png"
+    json_path.write_text(json.dumps(summarise(runs), indent=1) + "\n")
+    specialisation_figure(runs, title).savefig(png_path, dpi=110)
+    return [json_path, png_path]

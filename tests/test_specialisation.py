@@ -1,0 +1,48 @@
+"""Expert specialisation: NMI of expert choice with domain and class, and the command over a sweep."""
+
+import json
+
+import numpy as np
+import pytest
+from sklearn.metrics import normalized_mutual_info_score
+
+from domainbed.scripts import routing_analysis, train
+from domainbed.visualize.specialisation import normalized_mutual_information
+
+
+def labels_from_counts(counts):
+    """The (x, y) observations behind a contingency table, as two label arrays."""
+    xs, ys = [], []
+    for (x, y), n in np.ndenumerate(counts):
+        xs += [x] * int(n)
+        ys += [y] * int(n)
+    return np.array(xs), np.array(ys)
+
+
+@pytest.mark.parametrize("counts", [
+    [[10, 0, 0], [0, 7, 0], [0, 0, 3]],      # the expert tells the group exactly
+    [[5, 5], [5, 5]],                        # independent
+    [[8, 2, 1], [1, 6, 3], [0, 2, 9]],       # in between
+    [[4, 0], [3, 0]],                        # one expert only: no information
+])
+def test_nmi_from_counts_equals_scikit_learns_on_the_observations(counts):
+    counts = np.array(counts)
+    expected = normalized_mutual_info_score(*labels_from_counts(counts))
+    assert normalized_mutual_information(counts) == pytest.approx(expected, abs=1e-12)
+
+
+def test_routing_analysis_reads_the_selected_runs_of_a_sweep(tmp_path, capsys):
+    for hparams_seed, lr in ((0, 1e-3), (1, 3e-3)):  # two hparams draws: one is selected per group
+        train.main(["--dataset", "RotatedDigits", "--algorithm", "SFMOE", "--test_envs", "5", "--steps", "2",
+                    "--hparams_seed", str(hparams_seed), "--checkpoint_freq", "1",
+                    "--hparams", f'{{"batch_size": 4, "lr": {lr}}}', "--output_dir", str(tmp_path / f"sweep/run{hparams_seed}")])
+    runs = routing_analysis.main(["--input_dir", str(tmp_path / "sweep"), "--dataset", "RotatedDigits",
+                                  "--algorithm", "SFMOE", "--output_dir", str(tmp_path / "out"),
+                                  "--max_per_env", "8"])
+    assert len(runs) == 1 and runs[0].test_env == 5
+    usage = runs[0].usage
+    assert usage.by_domain["blocks.2.mlp"].sum() == 6 * 8 * 64  # 8 images x 64 patches per domain
+    summary = json.loads((tmp_path / "out" / "specialisation.json").read_text())
+    layer = summary["layers"]["blocks.2.mlp"]
+    assert layer["domain"]["mean"] == pytest.approx(normalized_mutual_information(usage.by_domain["blocks.2.mlp"]))
+    assert (tmp_path / "out" / "specialisation.png").read_bytes()[:4] == b"\x89PNG"
