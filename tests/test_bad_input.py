@@ -129,8 +129,10 @@ def test_corrupt_image_stops_with_the_file_name(tmp_path, capsys):
                           "--steps", "3", "--hparams", SMALL_IMAGES, "--num_workers", "1",
                           "--output_dir", str(tmp_path / "o")], capsys)
     assert code == 2
-    assert "cannot read image" in line and "cartoon/dog/0.png" in line and "rerun" in line
+    assert "cannot read image" in line and "cartoon/dog/0.png" in line
+    assert "no checkpoint was written yet: rerun to start again once the file is fixed" in line  # what is true
     assert not (tmp_path / "o" / "done").exists()
+    assert (tmp_path / "o" / "err.txt").read_text().strip().splitlines()[-1] == line  # where cluster users look
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, capsys, read_records):
@@ -142,6 +144,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, capsys, rea
     assert match, line
     failed, kept = int(match[1]), int(match[2])
     assert kept == failed - 1
+    assert (out / "err.txt").read_text().strip().splitlines()[-1] == line
     records = read_records(out)
     assert len(records) == len((out / "results.jsonl").read_text().splitlines())  # no torn line
     assert records[-1]["step"] == kept and not (out / "done").exists()
@@ -163,3 +166,36 @@ def test_the_real_command_prints_one_line(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [result.stderr.strip()]
     assert result.stderr.startswith("error: unknown dataset 'Nope'")
+
+
+def test_unreachable_hub_fails_in_seconds_with_the_ways_to_get_weights(tmp_path, capsys, monkeypatch):
+    """No HF_HUB_OFFLINE, no network: the probe answers at once and timm never starts its retries."""
+    import socket
+
+    import timm
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(socket, "create_connection", lambda *a, **k: (_ for _ in ()).throw(OSError("unreachable")))
+    create = timm.create_model
+
+    def no_hub(name, pretrained=False, **kwargs):
+        assert not pretrained, "timm should not be asked for weights the hub cannot give"
+        return create(name, pretrained=pretrained, **kwargs)
+
+    monkeypatch.setattr(timm, "create_model", no_hub)
+    code, line = run_cli(["--dataset", "RotatedDigits", "--hparams", '{"backbone": "resnet18", "pretrained": true}',
+                          "--output_dir", str(tmp_path / "o")], capsys)
+    assert code == 2
+    assert "not in the Hugging Face cache and the hub cannot be reached" in line and "pretrained_file" in line
+    assert not (tmp_path / "o").exists()
+
+
+def test_evaluate_finds_the_data_folder_the_model_was_trained_on(tmp_path, capsys):
+    make_pacs(tmp_path / "data")
+    train.main(["--dataset", "PACS", "--data_dir", str(tmp_path / "data"), "--test_envs", "0", "--steps", "1",
+                "--hparams", SMALL_IMAGES, "--num_workers", "0", "--output_dir", str(tmp_path / "run")])
+    from domainbed.scripts import evaluate
+
+    capsys.readouterr()
+    results = evaluate.main(["--checkpoint", str(tmp_path / "run" / "model.pkl")])  # no --data_dir
+    assert [r.name for r in results] == ["A", "C", "P", "S"] and all(r.n == 6 for r in results)

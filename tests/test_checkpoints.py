@@ -1,6 +1,8 @@
 """model.pkl loading: ours, the authors' layout, and refusing files that would run code."""
 
 import argparse
+import re
+import pickle
 import os
 import subprocess
 import sys
@@ -119,3 +121,53 @@ def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
     assert result.returncode == 2 and not marker.exists()
     assert result.stderr.startswith("error: ") and "allow_unsafe_pickle" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+# ------------------------------------------------------------------------------------ what a file is
+def _torch_file(path, **kwargs):
+    torch.save({"model_dict": {"w": torch.zeros(4096)}, "model_num_classes": 2}, path, **kwargs)
+
+
+def _truncated(path):
+    _torch_file(path)
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) // 2])
+
+
+NOT_CHECKPOINTS = {
+    "a folder": (lambda p: (p.mkdir(), (p / "model.pkl").write_bytes(b"x")), r"is a folder, not a checkpoint file \(a run folder\? pass its model.pkl\)"),
+    "an empty file": (lambda p: p.write_bytes(b""), r"is empty \(0 bytes\)"),
+    "a truncated file": (_truncated, r"is a truncated or damaged PyTorch file"),
+    "random bytes": (lambda p: p.write_bytes(bytes(range(256)) * 4), r"is not a checkpoint \(neither a PyTorch zip file nor a pickle\)"),
+    "a text file": (lambda p: p.write_text("lr: 0.001\n"), r"is not a checkpoint"),
+    "a pickle not written by torch": (lambda p: p.write_bytes(pickle.dumps({"a": 1})), r"is a pickle but not a PyTorch checkpoint"),
+    "a missing file": (lambda p: None, r"checkpoint '.*' does not exist"),
+}
+
+
+@pytest.mark.parametrize("kind", list(NOT_CHECKPOINTS))
+def test_a_file_that_is_not_a_checkpoint_is_named_for_what_it_is(kind, tmp_path):
+    make, message = NOT_CHECKPOINTS[kind]
+    path = tmp_path / "model.pkl"
+    make(path)
+    result = subprocess.run([sys.executable, "-m", "domainbed.scripts.evaluate", "--checkpoint", str(path)],
+                            capture_output=True, text=True)
+    assert result.returncode == 2, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert re.search(message, line), line
+    assert "allow_unsafe_pickle" not in line  # offered only for a real pickle that needs it
+
+
+def test_a_legacy_torch_pickle_still_loads(tmp_path):
+    path = tmp_path / "old.pkl"
+    _torch_file(path, _use_new_zipfile_serialization=False)
+    assert read_checkpoint_file(path)["model_num_classes"] == 2
+
+
+def test_numpy_scalars_from_domainbeds_random_hparams_load_without_unsafe_pickling(tmp_path):
+    import numpy as np
+
+    path = tmp_path / "domainbed.pkl"
+    hparams = {"lr": np.float64(1e-4), "batch_size": np.int64(32), "nonlinear_classifier": np.bool_(False)}
+    torch.save({"model_dict": {}, "model_num_classes": 2, "model_hparams": hparams}, path)
+    assert read_checkpoint_file(path)["model_hparams"] == hparams

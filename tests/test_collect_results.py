@@ -38,6 +38,7 @@ from domainbed.model_selection import (
 )
 from domainbed.results import tables as reporting
 from domainbed.results.records import label_algorithms_by_backbone, load_records
+from domainbed.results.tables import NO_PAIRS_AT_ALL
 from domainbed.scripts import collect_results
 
 N_ENVS = {"PACS": 4, "ColoredDigits": 3, "AcmeShapes": 2}
@@ -103,8 +104,20 @@ def block(text, header):
 
 
 def rows(table_lines):
-    """{row label: [cells]} of a text table (cells are separated by 2+ spaces), in row order."""
-    return {cells[0]: cells[1:] for cells in (re.split(r"\s{2,}", line.strip()) for line in table_lines[2:])}
+    """{row label: [cells]} of a text table (cells are separated by 2+ spaces), in row order; the
+    note under the table (why cells are X) is not a row."""
+    return {cells[0]: cells[1:] for cells in (re.split(r"\s{2,}", line.strip()) for line in table_lines[2:]
+                                              if not line.startswith("X: "))}
+
+
+def note(table_lines):
+    """The line under a table saying why its X cells are missing (None without one)."""
+    notes = [line for line in table_lines[2:] if line.startswith("X: ")]
+    assert len(notes) <= 1 and (not notes or table_lines[-1] == notes[0])  # one line, the last
+    return notes[0] if notes else None
+
+
+AVG_NOTE = "a row's Avg needs all its cells"
 
 
 IID = IIDAccuracySelectionMethod.name
@@ -116,6 +129,8 @@ IID_PACS = [
     "CORAL                 X                     X                     X                     X                     X",
     "SFMOE                 X                     X                     X                     X                     X",
     "MyMethod              X                     X                     X                     X                     X",
+    # why: 4 rows x 4 environments, one cell filled; nobody else held out a PACS domain
+    f"X: no run holds out the domain (15 cells); {AVG_NOTE}",
 ]
 IID_DIGITS = [
     "-------- Dataset: ColoredDigits, model selection method: training-domain validation set",
@@ -127,6 +142,8 @@ IID_DIGITS = [
     "CORAL                 X                     55.0 +/- 0.0          X                     X",
     "SFMOE                 95.0 +/- 0.0          X                     75.0 +/- 0.0          X",
     "MyMethod              X                     X                     X                     X",
+    # CORAL +90% -90%, SFMOE +80%, MyMethod's three: 6 cells; the Avg column's X follow from them
+    f"X: no run holds out the domain (6 cells); {AVG_NOTE}",
 ]
 IID_ACME = [
     "-------- Dataset: AcmeShapes, model selection method: training-domain validation set",
@@ -137,6 +154,7 @@ IID_ACME = [
     "CORAL                 X                     X                     X",
     "SFMOE                 X                     X                     X",
     "MyMethod              30.0 +/- 0.0          X                     X",
+    f"X: no run holds out the domain (5 cells); {AVG_NOTE}",
 ]
 IID_AVERAGES = [
     "-------- Averages, model selection method: training-domain validation set",
@@ -149,6 +167,8 @@ IID_AVERAGES = [
     "CORAL                      X                          55.0 +/- 0.0               X                          X",
     "SFMOE                      X                          85.0 +/- 0.0               X                          X",
     "MyMethod                   X                          X                          30.0 +/- 0.0               X",
+    # CORAL and SFMOE: PACS, AcmeShapes; MyMethod: PACS, ColoredDigits
+    f"X: no run on the dataset (6 cells); {AVG_NOTE}",
 ]
 ORACLE_DIGITS_ERM = (
     # trial 0 test env 0: hp1 has the higher test-domain out acc (.60 > .50) -> .99; trial 1 .90
@@ -166,6 +186,9 @@ LODO_ACME = [
     "CORAL                 X                     X                     X",
     "SFMOE                 X                     X                     X",
     "MyMethod              X                     X                     X",
+    # CORAL, SFMOE (4 cells) and MyMethod env1 never held out; MyMethod holds out env0 but has no
+    # [0, 1] pair run
+    f"X: no run holds out the domain (5 cells); no leave-one-domain-out pair runs (1 cell); {AVG_NOTE}",
 ]
 
 
@@ -188,16 +211,20 @@ def test_text_tables(sweep_dir):
     # DomainBed's layout: cells left-justified to 20 chars, joined by 2 spaces, one trailing space
     assert iid_digits[1] == ("Algorithm" + " " * 13 + "+90%" + " " * 18 + "+80%" + " " * 18 + "-90%"
                              + " " * 18 + "Avg" + " " * 17 + " ")
-    assert all(len(line) == 5 * 20 + 4 * 2 + 1 for line in iid_digits[1:])
+    assert all(len(line) == 5 * 20 + 4 * 2 + 1 for line in iid_digits[1:-1])  # then the note
     assert [line.rstrip() for line in block(text, IID_ACME[0])] == IID_ACME
     averages = block(text, IID_AVERAGES[0])
     assert [line.rstrip() for line in averages] == IID_AVERAGES
-    assert all(len(line) == 5 * 25 + 4 * 2 + 1 for line in averages[1:])
+    assert all(len(line) == 5 * 25 + 4 * 2 + 1 for line in averages[1:-1])
 
     lodo_digits = block(text, IID_DIGITS[0].replace(IID, LeaveOneOutSelectionMethod.name))
     assert list(rows(lodo_digits)) == ["ERM", "CORAL", "SFMOE", "MyMethod"]
     assert all(cells == ["X"] * 4 for cells in rows(lodo_digits).values())  # no pair runs there
+    assert note(lodo_digits) == f"X: {NO_PAIRS_AT_ALL}"  # the one reason, not a count of X
     assert [line.rstrip() for line in block(text, LODO_ACME[0])] == LODO_ACME
+    # LODO averages: ERM has PACS and ColoredDigits runs but no pair run there
+    assert note(block(text, IID_AVERAGES[0].replace(IID, LeaveOneOutSelectionMethod.name))) == (
+        f"X: no run on the dataset (6 cells); no leave-one-domain-out pair runs (5 cells); {AVG_NOTE}")
 
     oracle = OracleSelectionMethod.name
     assert block(text, IID_DIGITS[0].replace(IID, oracle))[2].rstrip() == ORACLE_DIGITS_ERM
@@ -221,7 +248,7 @@ def test_latex_tables(sweep_dir):
 
     # the LODO AcmeShapes table (second \subsubsection{AcmeShapes})
     start = [i for i, line in enumerate(lines) if line == "\\subsubsection{AcmeShapes}"][1]
-    assert lines[start:start + 14] == [
+    assert lines[start:start + 15] == [
         "\\subsubsection{AcmeShapes}",
         "",
         "\\begin{center}",
@@ -236,14 +263,47 @@ def test_latex_tables(sweep_dir):
         "MyMethod             & X                    & X                    & X                    \\\\",
         "\\bottomrule",
         "\\end{tabular}}",
+        # the note, escaped, in small type under the tabular
+        ("\\\\[2pt]{\\footnotesize X: no run holds out the domain (5 cells); no leave-one-domain-out pair runs "
+         "(1 cell); a row's Avg needs all its cells}"),
     ]
-    assert lines[start + 14] == "\\end{center}"
+    assert lines[start + 15] == "\\end{center}"
     # ColoredDigits: 3 envs + Avg, the catalog's names with "%" escaped; PACS: 4 envs + Avg
     start = lines.index("\\subsubsection{ColoredDigits}")
     assert lines[start + 4] == "\\begin{tabular}{lcccc}"
     assert lines[start + 6] == ("\\textbf{Algorithm}   & \\textbf{+90\\%}       & \\textbf{+80\\%}       "
                                 "& \\textbf{-90\\%}       & \\textbf{Avg}         \\\\")
     assert lines[lines.index("\\subsubsection{PACS}") + 4] == "\\begin{tabular}{lccccc}"
+
+
+def single_test_env_sweep():
+    """What `sweep --single_test_envs` gives: every ColoredDigits domain held out alone, no pair run."""
+    return [make_record("ColoredDigits", algorithm, [env], 0, 0, {f"in{env}": .5 + .1 * env})
+            for algorithm in ("ERM", "SFMOE") for env in range(3)]
+
+
+def test_single_test_env_sweep_says_why_leave_one_out_is_empty():
+    text = reporting.format_results(single_test_env_sweep())
+    lodo = LeaveOneOutSelectionMethod.name
+    for header in (IID_DIGITS[0].replace(IID, lodo), IID_AVERAGES[0].replace(IID, lodo)):
+        table = block(text, header)
+        assert all(set(cells) == {"X"} for cells in rows(table).values())
+        assert note(table) == ("X: no leave-one-domain-out pair runs (runs holding out two domains; a sweep "
+                               "with --single_test_envs launches none)")
+    # complete tables carry no note: DomainBed's layout unchanged
+    for method in (IID, OracleSelectionMethod.name):
+        for header in (IID_DIGITS[0].replace(IID, method), IID_AVERAGES[0].replace(IID, method)):
+            table = block(text, header)
+            assert note(table) is None and all("X" not in cells for cells in rows(table).values())
+    assert rows(block(text, IID_DIGITS[0]))["ERM"] == ["50.0 +/- 0.0", "60.0 +/- 0.0", "70.0 +/- 0.0", "60.0"]
+
+    latex = reporting.format_results(single_test_env_sweep(), latex=True).splitlines()
+    notes = [line for line in latex if "footnotesize" in line]
+    # the two LODO tables (ColoredDigits, Averages); "--" stays two hyphens, "_" is escaped
+    assert notes == [("\\\\[2pt]{\\footnotesize X: no leave-one-domain-out pair runs (runs holding out two "
+                      "domains; a sweep with -{}-single\\_test\\_envs launches none)}")] * 2
+    assert all(latex[latex.index(n) - 1] == "\\end{tabular}}" and latex[latex.index(n) + 1] == "\\end{center}"
+               for n in notes)
 
 
 def test_format_mean_and_table_layout():
@@ -319,6 +379,9 @@ def test_records_on_several_backbones_get_a_row_per_algorithm_and_backbone():
     # -> 87.0 +/- 100*.06/(2*sqrt 2) = 2.12
     assert oracle["ERM (resnet18)"] == ["87.0 +/- 2.1", "X", "X", "X"]
     averages = rows(block(text, IID_AVERAGES[0]))
+    assert note(block(text, IID_AVERAGES[0])) is None  # nothing missing there
+    # 4 rows, each without +80% and -90% (test env 0 only)
+    assert note(block(text, IID_DIGITS[0])) == f"X: no run holds out the domain (8 cells); {AVG_NOTE}"
     assert averages == {"ERM": ["50.0 +/- 0.0", "50.0"], "ERM (resnet18)": ["85.0 +/- 3.5", "85.0"],
                         "ERM (vit_micro_patch4_32)": ["62.0 +/- 1.4", "62.0"],
                         "SFMOE (gmoe_micro_patch4_32)": ["95.0 +/- 0.0", "95.0"]}
@@ -343,6 +406,24 @@ def test_script_prints_and_writes_results(sweep_dir, capsys):
     report = collect_results.main(["--input_dir", str(sweep_dir), "--latex"])
     assert (sweep_dir / "results.tex").read_text() == report
     assert report == reporting.format_results(load_records(sweep_dir).records, latex=True)
+
+
+def test_script_plots_compare_algorithms_and_draws_runs_on_request(sweep_dir, tmp_path, capsys):
+    figures = tmp_path / "figures"
+    collect_results.main(["--input_dir", str(sweep_dir), "--plots", str(figures)])
+    # per dataset: bars and accuracy curves (the records' routing is in an older format: no
+    # routing figure), no per-run curves
+    written = sorted(p.relative_to(figures).as_posix() for p in figures.rglob("*") if p.is_file())
+    assert written == sorted(f"{kind}_{d}.png" for kind in ("bars", "curves")
+                             for d in ("PACS", "ColoredDigits", "AcmeShapes"))
+    assert "wrote 6 figures" in capsys.readouterr().err
+    collect_results.main(["--input_dir", str(sweep_dir), "--plots", str(figures), "--per_run_curves"])
+    per_run = sorted(p.name for p in (figures / "per_run").iterdir())
+    # one per (dataset, algorithm, test_envs, hparams_seed), its trials averaged: 12 of the 16 runs
+    assert len(per_run) == len({(d, a, tuple(e), hp) for d, a, e, _, hp, _ in RUNS}) == 12
+    assert "ColoredDigits_ERM_test0_hp1.png" in per_run and "AcmeShapes_ERM_test0-1_hp0.png" in per_run
+    with pytest.raises(ValueError, match="--per_run_curves draws into the --plots directory"):
+        collect_results.main(["--input_dir", str(sweep_dir), "--per_run_curves"])
 
 
 @pytest.mark.parametrize("make_dir", [lambda p: p / "missing", lambda p: p])

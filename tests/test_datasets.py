@@ -59,6 +59,7 @@ def test_registry_has_domainbed_names_and_step_defaults():
         "Debug28": 3, "Debug224": 3, "ColoredMNIST": 3, "RotatedMNIST": 6, "VLCS": 4, "PACS": 4,
         "OfficeHome": 4, "TerraIncognita": 4, "DomainNet": 6, "SVIRO": 10, "WILDSCamelyon": 5,
         "WILDSFMoW": 6, "RotatedDigits": 6, "ColoredDigits": 3,
+        **{f"Spawrious{kind}_{level}": 3 for kind in ("O2O", "M2M") for level in ("easy", "medium", "hard")},
     }  # fmt: skip
     assert sorted(datasets.DATASETS) == sorted(expected_envs)
     assert {name: datasets.num_environments(name) for name in datasets.DATASETS} == expected_envs

@@ -38,7 +38,7 @@ def write_records(folder: Path) -> None:
      ["Total records: 1", "ERM                   50.0 +/- 0.0          X"]),
     ("domainbed.scripts.sweep", ["sweep", "status", "--datasets", "PACS", "RotatedDigits", "--algorithms", "ERM",
                                  "SFMOE", "Fish", "--output_dir", "{sweep}"],
-     ["5580 jobs: 0 done, 0 incomplete, 5580 not launched", "PACS SFMOE                0           0           600"]),
+     ["5580 jobs: 0 done, 0 incomplete, 5580 not launched", "PACS           SFMOE         0           0           600"]),
     ("domainbed.scripts.list_top_hparams", ["list_top_hparams", "--input_dir", "{sweep}", "--dataset", "PACS",
                                             "--algorithm", "ERM", "--test_env", "0"],
      ["{'val_acc': 0.5, 'test_acc': 0.5}", "{sweep}/run"]),

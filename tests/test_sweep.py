@@ -18,7 +18,7 @@ from domainbed.sweep.launchers import (ALREADY_RUNNING, JobSpec,
 from domainbed.results.records import load_records
 from domainbed.results.tables import format_results
 from domainbed.scripts import sweep as sweep_cli
-from domainbed.sweep import (JobState, count_states, delete_incomplete, jobs_to_launch, make_jobs,
+from domainbed.sweep import (JobState, count_states, delete_incomplete, job_folder_name, jobs_to_launch, make_jobs,
                              make_train_args, status_report, all_test_env_combinations)
 
 TINY = ["--datasets", "RotatedDigits", "--algorithms", "ERM", "--n_trials", "1", "--single_test_envs",
@@ -209,13 +209,13 @@ def test_pool_sweep_resumes_incomplete_jobs_and_skips_done_ones(tmp_path, monkey
 def test_a_failing_job_is_reported_and_does_not_stop_the_sweep(tmp_path, capsys):
     argv = ["launch", "--datasets", "RotatedDigits", "--algorithms", "ERM", "--n_trials", "1",
             "--n_hparams", "1", "--single_test_envs", "--test_envs", "0", "--steps", "3",
-            "--hparams", '{"no_such_hparam": 1}', "--skip_confirmation", "--output_dir", str(tmp_path)]
-    with pytest.raises(SystemExit) as exit_info:
+            "--hparams", '{"lr": 1e30, "batch_size": 8}', "--skip_confirmation", "--output_dir", str(tmp_path)]
+    with pytest.raises(SystemExit) as exit_info:  # a failure no pre-flight can foresee: the loss diverges
         sweep_cli.main(argv)
     assert exit_info.value.code == 1
     report = capsys.readouterr().out
     assert "0 of 1 jobs finished, 1 failed" in report
-    assert "error: unknown hparam(s) no_such_hparam" in report  # the job's own one-line error
+    assert "error: loss became nan" in report  # the job's own one-line error
     (folder,) = [p for p in tmp_path.iterdir()]
     assert RunFolder(folder).sweep_err.exists() and not (folder / "done").exists()
 
@@ -277,3 +277,82 @@ def test_a_job_folder_is_trained_by_one_process_at_a_time(tmp_path):
     assert not is_running(job.output_dir)
     (tmp_path / "job" / "done").touch()
     assert run_job(job).returncode is None  # done: not run again
+
+
+# ----------------------------------------------------------------------------------------------
+# pre-flight, mixed sweeps, aliases, the status table
+
+@pytest.mark.parametrize("flags, message", [
+    (["--datasets", "PACS", "--data_dir", "{tmp}/nodata"],
+     r"PACS not found: .*python -m domainbed.scripts.download --data_dir .*nodata --datasets PACS \(4 of 4 jobs\)"),
+    (["--hparams", '{"lrr": 0.1}'], r"ERM on RotatedDigits: unknown hparam\(s\) lrr"),
+    (["--hparams", '{"lr": "fast"}'], r"lr must be a number, got 'fast'"),
+    (["--hparams", '{"batch_size": 0}'], r"batch_size must be >= 1"),
+    (["--algorithms", "SWAD", "--steps", "10", "--checkpoint_freq", "9"], r"SWAD's valley search needs n_converge=3"),
+])
+def test_preflight_stops_a_sweep_its_jobs_would_all_fail_and_launches_nothing(tmp_path, flags, message):
+    flags = [f.replace("{tmp}", str(tmp_path)) for f in flags]
+    argv = ["launch", "--datasets", "RotatedDigits", "--algorithms", "ERM", "--n_trials", "1", "--n_hparams", "2",
+            "--single_test_envs", "--test_envs", "0", "1", "--steps", "3", "--skip_confirmation",
+            "--output_dir", str(tmp_path / "sweep")]
+    for i in range(0, len(flags), 2):  # a flag given here replaces the base one
+        if flags[i] in argv:
+            argv[argv.index(flags[i]) + 1] = flags[i + 1]
+        else:
+            argv += flags[i:i + 2]
+    with pytest.raises(ValueError, match=message + r".*nothing was launched"):
+        sweep_cli.main(argv)
+    assert not (tmp_path / "sweep").exists() or not any((tmp_path / "sweep").iterdir())
+
+
+def test_preflight_leaves_out_only_the_jobs_a_method_refuses(tmp_path, capsys):
+    from domainbed.sweep.preflight import preflight
+
+    # ColoredDigits has 3 environments: its leave-two-out runs train CORAL on one domain
+    args = make_train_args(["ColoredDigits"], ["CORAL", "ERM"], "d", n_trials=1, n_hparams=1)
+    checked = preflight(args)
+    assert {(a["algorithm"], len(a["test_envs"])) for a in checked.runnable} == {("CORAL", 1), ("ERM", 1), ("ERM", 2)}
+    assert checked.notes() == ["left out 3 job(s): CORAL on ColoredDigits: CORAL needs at least 2 training domains, "
+                               "got 1; hold out fewer environments (--test_envs)"]
+
+
+def test_moe_hparams_of_a_mixed_sweep_reach_only_the_moe_backbones():
+    mixed = make_train_args(["RotatedDigits"], ["ERM", "SFMOE"], "d", n_trials=1, n_hparams=1,
+                            single_test_envs=True, test_envs=[0], hparams='{"num_experts": 4, "lr": 0.01}')
+    by_algorithm = {a["algorithm"]: a for a in mixed}
+    assert json.loads(by_algorithm["SFMOE"]["hparams"]) == {"num_experts": 4, "lr": 0.01}
+    assert json.loads(by_algorithm["ERM"]["hparams"]) == {"lr": 0.01}
+    # the ERM job is the very job of a sweep without the MoE setting (same folder)
+    plain = make_train_args(["RotatedDigits"], ["ERM"], "d", n_trials=1, n_hparams=1,
+                            single_test_envs=True, test_envs=[0], hparams='{"lr": 0.01}')
+    assert job_folder_name(by_algorithm["ERM"]) == job_folder_name(plain[0])
+
+
+def test_an_alias_is_the_same_jobs_and_the_same_row(tmp_path):
+    kwargs = dict(n_trials=1, n_hparams=1, single_test_envs=True, test_envs=[0])
+    aliased = make_train_args(["RotatedDigits"], ["GMOE"], "d", **kwargs)
+    canonical = make_train_args(["RotatedDigits"], ["SFMOE"], "d", **kwargs)
+    assert aliased == canonical and aliased[0]["algorithm"] == "SFMOE"
+    assert len(make_train_args(["RotatedDigits"], ["GMOE", "SFMOE"], "d", **kwargs)) == 1
+    # records an older version wrote under the alias join their canonical row
+    from domainbed.results.records import load_records
+    for name, folder in (("GMOE", "a"), ("SFMOE", "b")):
+        (tmp_path / folder).mkdir()
+        record = {"args": {"dataset": "RotatedDigits", "algorithm": name, "test_envs": [0], "trial_seed": 0,
+                           "hparams_seed": 0}, "step": 0}
+        (tmp_path / folder / "results.jsonl").write_text(json.dumps(record) + "\n")
+    assert {r["args"]["algorithm"] for r in load_records(tmp_path).records} == {"SFMOE"}
+
+
+def test_status_table_columns_line_up():
+    jobs = make_jobs(make_train_args(["RotatedDigits", "PACS"], ["ERM", "CausIRL_CORAL"], "d", n_trials=1,
+                                     n_hparams=1, single_test_envs=True), "/nonexistent")
+    header, *rows = status_report(jobs).splitlines()[1:]
+    for column in ("algorithm", "done", "incomplete", "not launched"):
+        start = header.index(column)
+        end = start + len(column)
+        for row in rows:  # names start under their header, counts end under theirs
+            if column == "algorithm":
+                assert row[start - 1] == " " and row[start] != " ", (header, row)
+            else:
+                assert row[end - 1].isdigit() and (end == len(row) or row[end] == " "), (header, row)

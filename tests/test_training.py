@@ -2,6 +2,7 @@
 
 import json
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -191,3 +192,15 @@ def test_bf16_autocast_trains_close_to_fp32(tmp_path, read_records):
     # bf16 rounding changes the numbers (autocast is really on) but not the outcome
     assert losses["bf16"] != losses["fp32"]
     assert losses["bf16"] == pytest.approx(losses["fp32"], abs=0.05)
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600)])
+def test_model_files_follow_the_umask_like_every_other_file(tmp_path, umask, mode):
+    old = os.umask(umask)
+    try:
+        train.main(["--dataset", "Debug28", "--steps", "1", "--hparams", '{"batch_size": 4}',
+                    "--save_model_every_checkpoint", "--output_dir", str(tmp_path / "run")])
+    finally:
+        os.umask(old)
+    for name in ("model.pkl", "model_step0.pkl", "results.jsonl"):
+        assert stat.S_IMODE((tmp_path / "run" / name).stat().st_mode) == mode, name

@@ -12,6 +12,7 @@ import timm
 import torch
 from PIL import Image
 
+import domainbed.models  # noqa: F401  (registers vit_micro_patch4_32 with timm, for timm.create_model below)
 from domainbed import hparams_registry
 from domainbed.algorithms import get_algorithm_class
 from domainbed.checkpoints import load_checkpoint, save_model
@@ -162,9 +163,35 @@ def test_attention_figure_has_input_mean_and_one_panel_per_head():
         attn = torch.rand(heads, 8, 8)
         figure = attention_figure(image, attn, attention_mass_mask(attn, 0.6),
                                   attention_mass_mask(attn.mean(0), 0.6), threshold=0.6)
-        assert len(figure.axes) == 2 + heads
-        assert [ax.get_title() for ax in figure.axes][2:] == [
+        assert len(figure.axes) == 2 + heads + 1  # the panels, then the colour bar
+        assert [ax.get_title() for ax in figure.axes][2:2 + heads] == [
             f"head {h} ({int(attention_mass_mask(attn[h], 0.6).sum())} patches)" for h in range(heads)]
+
+
+def test_attention_figure_has_one_colour_bar_for_every_map():
+    heads = 4
+    attn = torch.rand(heads, 8, 8, generator=torch.Generator().manual_seed(0)) * 0.05
+    attn[2, 3, 4] = 0.2  # the largest weight of any map: the top of the shared scale
+    figure = attention_figure(np.zeros((32, 32, 3)), attn, attention_mass_mask(attn, 0.6),
+                              attention_mass_mask(attn.mean(0), 0.6))
+    panels, cax = figure.axes[:-1], figure.axes[-1]
+    heat = [ax.get_images()[1] for ax in panels[1:]]  # over the picture: the mean, then each head
+    assert len(heat) == 1 + heads
+    bars = {id(image.colorbar): image.colorbar for image in heat if image.colorbar is not None}
+    assert len(bars) == 1  # one colour bar, drawn from a heat map, in the last axes
+    (bar,) = bars.values()
+    assert bar.ax is cax and cax.get_ylabel() == "CLS attention weight per patch"
+    assert bar.mappable.get_cmap().name == "inferno"
+    # every map on the bar's scale: 0 to the largest weight, so a colour reads the same in every panel
+    for image in heat:
+        assert image.get_clim() == pytest.approx((0.0, 0.2))
+    assert (bar.vmin, bar.vmax) == pytest.approx((0.0, 0.2))
+    # the heat maps are the attention, upsampled (each patch a 4x4 block): head 2's peak at patch (3, 4)
+    np.testing.assert_allclose(heat[1 + 2].get_array()[12:16, 16:20], 0.2)
+    np.testing.assert_allclose(heat[0].get_array()[::4, ::4], attn.mean(0).numpy(), rtol=1e-6)
+    # the bar sits right of every panel, inside the figure
+    bar_box = cax.get_position()
+    assert all(ax.get_position().x1 < bar_box.x0 for ax in panels) and bar_box.x1 < 1
 
 
 @pytest.mark.parametrize("which", ["moe", "dense"])

@@ -15,8 +15,10 @@ ERM with three changes to how it trains and predicts:
   the fine-tuning optimizer; after the third reduction training is over (ERM++ stops there) and the
   learning rate is 0. This hook replaces DomainBed's ``set_lr``, which its train.py calls.
 
-``lars`` uses LARS instead of Adam for both optimizers; ``freeze_bn`` keeps the network's
-BatchNorm layers in eval mode while training (their statistics stay the pre-trained ones).
+``lars`` uses LARS instead of Adam for both optimizers. ``freeze_bn`` is the common featurizer
+hparam (DomainBed declares it for every algorithm): the featurizer's BatchNorm layers stay in eval
+mode while training (their statistics stay the pre-trained ones), and the average's statistics are
+not refreshed either.
 """
 
 from __future__ import annotations
@@ -89,7 +91,6 @@ class ERMPlusPlus(ERM):
         space.add("linear_lr", 5e-5, lambda r: 10 ** r.uniform(-5, -3.5), low=0.0)
         space.add("linear_steps", 500, lambda r: 500, low=0)
         space.add("lars", False, kind=bool)
-        space.add("freeze_bn", False, kind=bool)
 
     @classmethod
     def check_run(cls, hparams: dict, run: RunInfo) -> None:
@@ -109,19 +110,11 @@ class ERMPlusPlus(ERM):
         self.network_sma = AveragedNetwork(self.network)
         self.register_buffer("update_count", torch.tensor([0]))
         self.register_buffer("lr_reductions", torch.tensor(0))
-        self.train()  # freeze_bn applies from the start
 
     @property
     def probing(self) -> bool:
         """Whether the next update trains only the classifier."""
         return int(self.update_count) <= self.hparams["linear_steps"]
-
-    def train(self, mode: bool = True) -> "ERMPlusPlus":
-        super().train(mode)
-        if self.hparams["freeze_bn"]:
-            for norm in _batchnorms(self.network):
-                norm.eval()
-        return self
 
     def update(self, minibatches, unlabeled=None) -> dict:
         x = torch.cat([x for x, _ in minibatches])
@@ -139,7 +132,7 @@ class ERMPlusPlus(ERM):
             self.network_sma.update(self.network)
         else:
             self.network_sma.reset(self.network)
-        if not self.hparams["freeze_bn"]:
+        if not self.hparams.get("freeze_bn", False):  # frozen: the featurizer's BatchNorm stays as it is
             _refresh_batchnorm_statistics(self.network_sma.module, x)
         return {"loss": loss.item()}
 

@@ -7,6 +7,7 @@ import os
 import torch
 
 from .authors_layout import authors_model, is_authors_layout
+from .domainbed_layout import domainbed_model, is_domainbed_layout
 from .safe_loading import read_checkpoint_file
 
 
@@ -32,12 +33,15 @@ def fill_shared_names(state: dict, module) -> dict:
 
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu",
                     allow_unsafe_pickle: bool = False):
-    """An algorithm ready to ``predict``, from our model.pkl or one written by the authors' code.
+    """An algorithm ready to ``predict``, from our model.pkl, one written by the authors' code, or
+    one written by DomainBed itself.
 
     Ours name their algorithm and hold its full hparams; the authors' files (DomainBed layout with
     their MoE library's keys, see method.md) are recognised by their ``experts.batched_fc1_w`` keys
     and rebuilt as an SFMOE algorithm with the same blocks, experts and router, predicting what
-    their model predicts. ``algorithm.checkpoint_args`` holds the run's args (dataset, test_envs).
+    their model predicts. DomainBed's own files (hparams in DomainBed's names, no ``backbone``) are
+    rebuilt as an ERM predictor with their ResNet or DINOv2 featurizer and classifier (see
+    ``domainbed_layout``). ``algorithm.checkpoint_args`` holds the run's args (dataset, test_envs).
     """
     from ..algorithms import get_algorithm_class
 
@@ -50,6 +54,9 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu",
         hparams, state, weights_input_shape = authors_model(saved)
         input_shape = tuple(saved.get("model_input_shape") or weights_input_shape)
         algorithm_name = "SFMOE"
+    elif is_domainbed_layout(saved):
+        hparams, state, input_shape = domainbed_model(saved, path)
+        algorithm_name = "ERM"  # DomainBed's prediction networks, whatever method trained them
     else:
         hparams = dict(saved["model_hparams"], pretrained=False, pretrained_file="")
         state = saved["model_dict"]

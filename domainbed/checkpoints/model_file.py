@@ -22,6 +22,7 @@ def atomic_torch_save(obj, path: str | os.PathLike) -> None:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, _umask_mode())  # mkstemp makes it 0600; colleagues should read models as any file
         with os.fdopen(fd, "wb") as handle:
             torch.save(obj, handle)
             handle.flush()
@@ -31,6 +32,13 @@ def atomic_torch_save(obj, path: str | os.PathLike) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _umask_mode() -> int:
+    """The mode a new file gets under this process's umask (0o666 & ~umask)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def cpu_state_dict(module) -> dict:

@@ -42,6 +42,12 @@ class MultipleDomainDataset:
         self.input_shape: tuple[int, int, int] = (0, 0, 0)
         self.num_classes = 0
 
+    @classmethod
+    def check_data(cls, root: str) -> None:
+        """Raise FileNotFoundError (one line naming the download command) if the data is not where
+        this dataset reads it. Cheap: folders and files are checked, nothing is listed or loaded
+        (a sweep checks once before launching anything). Embedded datasets have nothing to check."""
+
     @property
     def environment_names(self) -> list[str]:
         return list(self.ENVIRONMENTS)

@@ -25,6 +25,16 @@ _DIGITS_ANGLES = ("0", "15", "30", "45", "60", "75")
 _COLOURS = ("+90%", "+80%", "-90%")
 _SVIRO = ("aclass", "escape", "hilux", "i3", "lexus", "tesla", "tiguan", "tucson", "x5", "zoe")
 
+# Spawrious (Lynch et al., 2023): environments are assembled from <part>/<background>/<class>/ folders
+# (domainbed/data/spawrious.py), so its entries have no environment folders; these are its folder names.
+SPAWRIOUS_FOLDER = "spawrious224"  # what DomainBed's archive (spawrious224.tar.gz) unpacks to
+SPAWRIOUS_PARTS = ("0", "1")  # two disjoint halves of the images, each <background>/<class>/<image>
+SPAWRIOUS_BACKGROUNDS = ("beach", "desert", "dirt", "jungle", "mountain", "snow")
+SPAWRIOUS_CLASSES = ("bulldog", "corgi", "dachshund", "labrador")  # label order (DomainBed's class_list)
+SPAWRIOUS_ENVIRONMENTS = ("Test", "SC_group_1", "SC_group_2")  # env 0 is the test env: --test_envs 0
+SPAWRIOUS_DATASETS = tuple(f"Spawrious{kind}_{level}" for kind in ("O2O", "M2M")
+                           for level in ("easy", "medium", "hard"))
+
 CATALOG: dict[str, DatasetInfo] = {info.name: info for info in (
     DatasetInfo("Debug28", ("0", "1", "2")),
     DatasetInfo("Debug224", ("0", "1", "2")),
@@ -43,6 +53,7 @@ CATALOG: dict[str, DatasetInfo] = {info.name: info for info in (
     DatasetInfo("SVIRO", _SVIRO, "sviro", _SVIRO, checkpoint_freq=300),
     DatasetInfo("WILDSCamelyon", tuple(f"hospital_{i}" for i in range(5))),
     DatasetInfo("WILDSFMoW", tuple(f"region_{i}" for i in range(6))),
+    *(DatasetInfo(name, SPAWRIOUS_ENVIRONMENTS, SPAWRIOUS_FOLDER) for name in SPAWRIOUS_DATASETS),
     DatasetInfo("RotatedDigits", _DIGITS_ANGLES),
     DatasetInfo("ColoredDigits", _COLOURS),
 )}

@@ -78,35 +78,41 @@ class ImageFolderDataset(ImageDomainDataset):
             self.datasets.append(environment)
         self.num_classes = len(self.classes)
 
-    def _resolve_dataset_dir(self, root: str) -> str:
+    @classmethod
+    def check_data(cls, root: str) -> None:
+        cls._resolve_dataset_dir(str(root))
+
+    @classmethod
+    def _resolve_dataset_dir(cls, root: str) -> str:
         """The folder holding the environment folders: ``root/FOLDER``, ``root/<class name>`` or ``root``."""
-        name = type(self).__name__
-        candidates = [os.path.join(root, self.FOLDER), os.path.join(root, name), root]
+        name = cls.__name__
+        candidates = [os.path.join(root, cls.FOLDER), os.path.join(root, name), root]
         for candidate in candidates:
-            if all(os.path.isdir(os.path.join(candidate, env)) for env in self.ENV_FOLDERS):
+            if all(os.path.isdir(os.path.join(candidate, env)) for env in cls.ENV_FOLDERS):
                 return candidate
         for candidate in candidates:
-            present = [env for env in self.ENV_FOLDERS if os.path.isdir(os.path.join(candidate, env))]
+            present = [env for env in cls.ENV_FOLDERS if os.path.isdir(os.path.join(candidate, env))]
             if present:
-                missing = [env for env in self.ENV_FOLDERS if env not in present]
+                missing = [env for env in cls.ENV_FOLDERS if env not in present]
                 raise FileNotFoundError(
                     f"{name} at {candidate} is missing environment folder(s) {', '.join(missing)}; "
-                    f"download it again: {self._download_hint(root)}"
+                    f"download it again: {cls._download_hint(root)}"
                 )
         raise FileNotFoundError(
-            f"{name} not found: expected {os.path.join(root, self.FOLDER)}/ with folders "
-            f"{', '.join(self.ENV_FOLDERS)}; download it: {self._download_hint(root)}"
+            f"{name} not found: expected {os.path.join(root, cls.FOLDER)}/ with folders "
+            f"{', '.join(cls.ENV_FOLDERS)}; download it: {cls._download_hint(root)}"
         )
 
-    def _download_hint(self, root: str) -> str:
+    @classmethod
+    def _download_hint(cls, root: str) -> str:
         """The download command; ``root`` given as the dataset folder itself means its parent is the data dir."""
         data_dir = root
         trimmed = os.path.normpath(root)
-        if os.path.basename(trimmed) in (self.FOLDER, type(self).__name__) or any(
-            os.path.isdir(os.path.join(root, env)) for env in self.ENV_FOLDERS
+        if os.path.basename(trimmed) in (cls.FOLDER, cls.__name__) or any(
+            os.path.isdir(os.path.join(root, env)) for env in cls.ENV_FOLDERS
         ):
             data_dir = os.path.dirname(trimmed) or "."
-        return f"python -m domainbed.scripts.download --data_dir {data_dir} --datasets {type(self).__name__}"
+        return f"python -m domainbed.scripts.download --data_dir {data_dir} --datasets {cls.__name__}"
 
 
 class VLCS(ImageFolderDataset):

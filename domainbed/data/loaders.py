@@ -5,14 +5,19 @@ whether a run went straight through or was resumed from a checkpoint, and a batc
 split simply wraps into the next epoch instead of hanging (DomainBed's loader hangs there). Each
 example also carries its own augmentation seed, so random augmentation is reproducible too, with or
 without worker processes.
+
+With ``class_balanced`` (DomainBed's hparam) a batch is instead drawn with replacement, each example
+with weight 1 / (number of classes x count of its class), as DomainBed's weighted sampler does; the
+draw of step ``s`` comes from its own seed, so it too is a pure function of (seed, step).
 """
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from collections import Counter
+from typing import Callable, Iterator, Sequence
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from ..seeding import seed_hash
 
@@ -73,10 +78,52 @@ class StepBatchSampler(Sampler):
             step += 1
 
 
+class BalancedStepBatchSampler(StepBatchSampler):
+    """``StepBatchSampler`` drawing each batch with replacement with per-example ``weights``
+    (DomainBed's ``class_balanced``); the batch of step ``s`` depends only on ``(seed, s)``."""
+
+    def __init__(self, weights: torch.Tensor, batch_size: int, seed: int, start_step: int = 0):
+        super().__init__(len(weights), batch_size, seed, start_step)
+        self.weights = torch.as_tensor(weights, dtype=torch.double)
+
+    def batch(self, step: int) -> list[tuple[int, int]]:
+        generator = torch.Generator().manual_seed(seed_hash(self.seed, "balanced", step))
+        indices = torch.multinomial(self.weights, self.batch_size, replacement=True, generator=generator)
+        first = step * self.batch_size
+        return [(int(index), seed_hash(self.seed, "aug", first + i)) for i, index in enumerate(indices)]
+
+
+def dataset_labels(dataset: Dataset) -> list[int]:
+    """The label of every example of ``dataset`` (a split of an environment), read from the
+    environments' ``targets`` without loading images when they have it."""
+    if isinstance(dataset, Subset):
+        labels = dataset_labels(dataset.dataset)
+        return [labels[i] for i in dataset.indices]
+    targets = getattr(dataset, "targets", None)
+    if targets is not None:
+        return [int(y) for y in targets]
+    return [int(dataset[i][1]) for i in range(len(dataset))]
+
+
+def class_balanced_weights(labels: Sequence[int]) -> torch.Tensor:
+    """DomainBed's ``make_weights_for_balanced_classes``: 1 / (classes present x count of the
+    example's class), so every class present is drawn equally often."""
+    counts = Counter(int(y) for y in labels)
+    return torch.tensor([1.0 / (len(counts) * counts[int(y)]) for y in labels], dtype=torch.double)
+
+
 def train_loader(dataset: Dataset, transform: Callable | None, batch_size: int, seed: int,
-                 start_step: int = 0, num_workers: int = 0, pin_memory: bool = False) -> Iterator:
-    """An endless iterator over training batches ``(x, y)`` starting at ``start_step``."""
-    sampler = StepBatchSampler(len(dataset), batch_size, seed, start_step)
+                 start_step: int = 0, num_workers: int = 0, pin_memory: bool = False,
+                 class_balanced: bool = False) -> Iterator:
+    """An endless iterator over training batches ``(x, y)`` starting at ``start_step``
+    (``class_balanced``: classes drawn equally often, see ``BalancedStepBatchSampler``)."""
+    if class_balanced:
+        if len(dataset) == 0:
+            raise ValueError("cannot draw training batches from an empty split")
+        sampler = BalancedStepBatchSampler(class_balanced_weights(dataset_labels(dataset)), batch_size, seed,
+                                           start_step)
+    else:
+        sampler = StepBatchSampler(len(dataset), batch_size, seed, start_step)
     loader = DataLoader(SeededTransform(dataset, transform), batch_sampler=sampler,
                         num_workers=num_workers, pin_memory=pin_memory,
                         persistent_workers=num_workers > 0,

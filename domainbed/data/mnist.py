@@ -52,7 +52,15 @@ def load_mnist(root: str, dataset_name: str) -> tuple[torch.Tensor, torch.Tensor
     return (torch.cat(images).float() / 255.0).unsqueeze(1), torch.cat(labels).long()
 
 
-class RotatedMNIST(TensorDomainDataset):
+class _MNISTDataset(TensorDomainDataset):
+    """The MNIST files' location check, shared by the two MNIST datasets."""
+
+    @classmethod
+    def check_data(cls, root: str) -> None:
+        find_mnist_raw_dir(str(root), cls.__name__)
+
+
+class RotatedMNIST(_MNISTDataset):
     """Six disjoint MNIST shares rotated by 0, 15, ..., 75 degrees; 10 classes."""
 
 
@@ -65,7 +73,7 @@ class RotatedMNIST(TensorDomainDataset):
         self.num_classes = 10
 
 
-class ColoredMNIST(TensorDomainDataset):
+class ColoredMNIST(_MNISTDataset):
     """Three MNIST shares, binary noisy labels, colour agreeing with the label w.p. 0.9, 0.8, 0.1."""
 
     COLOUR_FLIP_PROBS = (0.1, 0.2, 0.9)

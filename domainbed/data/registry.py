@@ -14,12 +14,16 @@ from .catalog import DATASETS, dataset_info, num_environments
 from .digits import ColoredDigits, Debug28, Debug224, RotatedDigits
 from .image_folders import PACS, SVIRO, VLCS, DomainNet, OfficeHome, TerraIncognita
 from .mnist import ColoredMNIST, RotatedMNIST
+from .spawrious import (SpawriousM2M_easy, SpawriousM2M_hard, SpawriousM2M_medium, SpawriousO2O_easy,
+                        SpawriousO2O_hard, SpawriousO2O_medium)
 from .wilds_datasets import WILDSCamelyon, WILDSFMoW
 
 _CLASSES: dict[str, type[MultipleDomainDataset]] = {
     cls.__name__: cls
     for cls in (Debug28, Debug224, ColoredMNIST, RotatedMNIST, VLCS, PACS, OfficeHome, TerraIncognita,
-                DomainNet, SVIRO, WILDSCamelyon, WILDSFMoW, RotatedDigits, ColoredDigits)
+                DomainNet, SVIRO, WILDSCamelyon, WILDSFMoW, SpawriousO2O_easy, SpawriousO2O_medium,
+                SpawriousO2O_hard, SpawriousM2M_easy, SpawriousM2M_medium, SpawriousM2M_hard, RotatedDigits,
+                ColoredDigits)
 }
 assert list(_CLASSES) == DATASETS, "every catalog entry has its class, in the catalog's order"
 

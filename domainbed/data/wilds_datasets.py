@@ -42,6 +42,15 @@ class WILDSDataset(ImageDomainDataset):
     WILDS_NAME = ""
     METADATA_FIELD = ""
 
+    @classmethod
+    def check_data(cls, root: str) -> None:
+        try:
+            import wilds  # noqa: F401
+        except ImportError:
+            raise MissingDependencyError(
+                f"{cls.__name__} needs the wilds package: pip install wilds (or pip install 'domainbed-sfmoe[wilds]')"
+            ) from None
+
     def __init__(self, root: str, test_envs: Sequence[int], hparams: dict | None = None) -> None:
         super().__init__(root, test_envs, hparams)
         name = type(self).__name__

@@ -15,12 +15,50 @@ from ..seeding import seed_hash
 from .space import SMALL_IMAGES, HParamSpace
 
 __all__ = ["default_hparams", "random_hparams", "resolve_hparams", "hparam_space", "MOE_HPARAMS",
-           "SMALL_IMAGES"]
+           "SMALL_IMAGES", "DOMAINBED_NAMES", "from_domainbed_names"]
 
 MOE_HPARAMS = (*HPARAM_FIELDS, "aux_loss_weight")
 
+# What DomainBed's backbone flags build (its networks.py), as timm names: ``resnet18``/``resnet50``
+# are torchvision's ImageNet weights (timm's ``tv_in1k``); ``resnet50_augmix`` is timm's
+# ``resnet50.ram_in1k`` (the model DomainBed creates); ``vit`` + ``dinov2`` is DINOv2 ViT-B/14 with
+# DomainBed's linear-probe features.
+DOMAINBED_RESNET18 = "resnet18"
+DOMAINBED_RESNET50 = "resnet50"
+DOMAINBED_RESNET50_AUGMIX = "resnet50.ram_in1k"
+DOMAINBED_DINOV2 = "vit_base_patch14_dinov2.lvd142m"
+DINOV2_FEATURES = "dinov2_linear"
+
+# DomainBed's hparam names that are not ours, and what each becomes here (README's table).
+DOMAINBED_NAMES = {
+    "resnet18": f"true: backbone {DOMAINBED_RESNET18} (torchvision weights)",
+    "resnet50_augmix": f"true: backbone {DOMAINBED_RESNET50_AUGMIX}; false: backbone {DOMAINBED_RESNET50}",
+    "vit": f"with dinov2: backbone {DOMAINBED_DINOV2}, features {DINOV2_FEATURES}, drop_path_rate 0",
+    "dinov2": "only with vit (alone DomainBed ignores it, and so do we)",
+    "resnet_dropout": "dropout, on every backbone except DomainBed's DINOv2",
+    "vit_dropout": "dropout, on DomainBed's DINOv2 (vit + dinov2)",
+    "vit_attn_tune": "train_attention_only, on a ViT (DomainBed ignores it on a ResNet, and so do we)",
+}
+# DomainBed declares these for every algorithm but only ERMPlusPlus reads them: elsewhere they are
+# accepted and dropped, as DomainBed ignores them.
+DOMAINBED_ERMPP_NAMES = ("lars", "linear_steps")
+
+
+def _dropout_seed_name(space: HParamSpace) -> str | None:
+    """DomainBed draws the featurizer's dropout as ``resnet_dropout`` (ResNet) or ``vit_dropout``
+    (DINOv2); our ``dropout`` draws from the same seed, so a sweep draws what DomainBed draws."""
+    from ..models.backbones import backbone_family
+
+    if space.features == DINOV2_FEATURES:
+        return "vit_dropout"
+    if backbone_family(space.backbone) == "resnet":
+        return "resnet_dropout"
+    return None
+
 
 def _data_and_backbone(space: HParamSpace, backbone: str) -> None:
+    from ..models.backbones import FEATURES
+
     space.add("data_augmentation", True, kind=bool)
     space.add("class_balanced", False, kind=bool)
     space.add("nonlinear_classifier", False, lambda r: bool(r.choice([False, False])), kind=bool)
@@ -32,7 +70,77 @@ def _data_and_backbone(space: HParamSpace, backbone: str) -> None:
     space.add("pretrained_file", "", kind=str)
     space.add("image_size", 224, kind=int, low=8)
     space.add("drop_path_rate", 0.0 if space.small_images else 0.1, low=0.0, high=1.0)
-    space.add("dropout", 0.0, lambda r: float(r.choice([0.0, 0.1, 0.5])), low=0.0, high=1.0)
+    space.add("dropout", 0.0, lambda r: float(r.choice([0.0, 0.1, 0.5])), low=0.0, high=1.0,
+              seed_name=_dropout_seed_name(space))
+    # DomainBed's featurizer switches (see models/backbones.py)
+    space.add("freeze_bn", False, lambda r: False, kind=bool)
+    space.add("features", "pooled", kind=str, choices=FEATURES)
+    space.add("train_attention_only", False, kind=bool)
+
+
+def _check_domainbed_value(name: str, value) -> None:
+    if name in ("resnet_dropout", "vit_dropout"):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+            raise ValueError(f"--hparams: {name} must be a number between 0 and 1, got {value!r}")
+    elif not isinstance(value, bool):
+        raise ValueError(f"--hparams: {name} must be true or false, got {value!r}")
+
+
+def from_domainbed_names(algorithm: str, dataset: str, overrides: dict) -> dict:
+    """``overrides`` with DomainBed's hparam names (``DOMAINBED_NAMES``) replaced by ours, with
+    DomainBed's meaning; a name we cannot honour, or one that contradicts another, is a one-line
+    ValueError. Records then show what was trained (``backbone``, ``dropout``...), and the run's
+    ``args.hparams`` keeps what was asked."""
+    given = {name: overrides[name] for name in DOMAINBED_NAMES if name in overrides}
+    out = {name: value for name, value in overrides.items() if name not in given}
+    if not given:
+        return out
+    for name, value in given.items():
+        _check_domainbed_value(name, value)
+
+    selected, features = None, None
+    if given.get("vit"):
+        if not given.get("dinov2"):
+            raise ValueError("--hparams: vit without dinov2 builds no model in DomainBed (NotImplementedError); "
+                             "use {\"vit\": true, \"dinov2\": true} for DINOv2 ViT-B/14, or name a timm ViT "
+                             "as backbone")
+        selected, features = DOMAINBED_DINOV2, DINOV2_FEATURES
+    elif given.get("resnet18"):
+        if given.get("resnet50_augmix"):
+            raise ValueError("--hparams: resnet18 and resnet50_augmix are both true; DomainBed would silently "
+                             f"train ResNet-50 ({DOMAINBED_RESNET50_AUGMIX}); set resnet50_augmix to false "
+                             "for ResNet-18, or drop resnet18")
+        selected = DOMAINBED_RESNET18
+    elif "resnet50_augmix" in given:
+        selected = DOMAINBED_RESNET50_AUGMIX if given["resnet50_augmix"] else DOMAINBED_RESNET50
+    if selected is not None:
+        if out.get("backbone", selected) != selected:
+            flags = ", ".join(name for name in ("resnet18", "resnet50_augmix", "vit") if name in given)
+            raise ValueError(f"--hparams: backbone '{out['backbone']}' contradicts DomainBed's {flags} "
+                             f"(which select {selected}); give one or the other")
+        out["backbone"] = selected
+    if features is not None:
+        if out.get("features", features) != features:
+            raise ValueError(f"--hparams: features '{out['features']}' contradicts DomainBed's vit + dinov2")
+        out["features"] = features
+        out.setdefault("drop_path_rate", 0.0)  # DomainBed's DINOv2 has no stochastic depth
+
+    dinov2 = out.get("features") == DINOV2_FEATURES
+    dropout_name = "vit_dropout" if dinov2 else "resnet_dropout"
+    if dropout_name in given:
+        value = float(given[dropout_name])
+        if "dropout" in out and out["dropout"] != value:
+            raise ValueError(f"--hparams: dropout {out['dropout']} contradicts {dropout_name} {value}; give one")
+        out["dropout"] = value
+
+    if given.get("vit_attn_tune"):
+        from ..algorithms import get_algorithm_class
+        from ..models.backbones import backbone_family
+
+        backbone = out.get("backbone") or get_algorithm_class(algorithm).default_backbone(dataset in SMALL_IMAGES)
+        if backbone_family(backbone) != "resnet":
+            out["train_attention_only"] = True
+    return out
 
 
 def _moe(space: HParamSpace) -> None:
@@ -64,9 +172,11 @@ def _optimisation(space: HParamSpace) -> None:
             space.add("batch_size", 32, lambda r: int(2 ** r.uniform(3, 5.5)), low=1)
 
 
-def hparam_space(algorithm: str, dataset: str, backbone: str | None = None) -> HParamSpace:
+def hparam_space(algorithm: str, dataset: str, backbone: str | None = None,
+                 features: str | None = None) -> HParamSpace:
     """Every hparam of ``algorithm`` on ``dataset``; ``backbone`` overrides the algorithm's default
-    backbone (it decides whether the MoE hparams exist)."""
+    backbone (it decides whether the MoE hparams exist) and, with ``features``, which DomainBed
+    name the featurizer's dropout draws as."""
     from ..algorithms import canonical_name, get_algorithm_class
     from ..models.backbones import is_moe_backbone
 
@@ -74,6 +184,7 @@ def hparam_space(algorithm: str, dataset: str, backbone: str | None = None) -> H
     space = HParamSpace(canonical_name(algorithm), dataset)
     default_backbone = algorithm_class.default_backbone(space.small_images)
     space.backbone = backbone or default_backbone
+    space.features = features or "pooled"
     _data_and_backbone(space, default_backbone)
     if is_moe_backbone(space.backbone):
         _moe(space)
@@ -92,13 +203,18 @@ def random_hparams(algorithm: str, dataset: str, seed: int) -> dict:
 
 def resolve_hparams(algorithm: str, dataset: str, hparams_seed: int, trial_seed: int,
                     overrides: dict | None = None) -> dict:
-    """The hparams of one run: defaults (seed 0) or a random draw, then the user's overrides.
+    """The hparams of one run: defaults (seed 0) or a random draw, then the user's overrides
+    (DomainBed's names among them translated by ``from_domainbed_names``).
 
     Unknown names, MoE hparams for a dense backbone and values of the wrong type or range are
     errors (ValueError, one line) rather than silently ignored: a typo would cost a whole sweep."""
-    overrides = dict(overrides or {})
-    space = hparam_space(algorithm, dataset, overrides.get("backbone"))
+    overrides = from_domainbed_names(algorithm, dataset, dict(overrides or {}))
+    features = overrides.get("features") if isinstance(overrides.get("features"), str) else None
+    space = hparam_space(algorithm, dataset, overrides.get("backbone"), features)
     hparams = space.defaults() if hparams_seed == 0 else space.draws(seed_hash(hparams_seed, trial_seed))
+    for name in DOMAINBED_ERMPP_NAMES:  # DomainBed's, read only by ERMPlusPlus: ignored elsewhere
+        if name in overrides and name not in hparams:
+            del overrides[name]
     unknown = sorted(set(overrides) - set(hparams))
     moe_for_dense = [name for name in unknown if name in MOE_HPARAMS]
     if moe_for_dense:
@@ -112,4 +228,18 @@ def resolve_hparams(algorithm: str, dataset: str, hparams_seed: int, trial_seed:
         if problem:
             raise ValueError(f"--hparams: {problem}")
     hparams.update(overrides)
+    _check_featurizer_switches(hparams)
     return hparams
+
+
+def _check_featurizer_switches(hparams: dict) -> None:
+    """Featurizer switches that cannot apply to the chosen backbone stop the run before it starts."""
+    from ..models.backbones import backbone_family
+
+    family = backbone_family(hparams["backbone"])
+    if hparams.get("features") == DINOV2_FEATURES and family != "vision_transformer":
+        raise ValueError(f"--hparams: features '{DINOV2_FEATURES}' needs a timm ViT backbone such as "
+                         f"{DOMAINBED_DINOV2}, got '{hparams['backbone']}'")
+    if hparams.get("train_attention_only") and family == "resnet":
+        raise ValueError(f"--hparams: train_attention_only trains only attention weights, and backbone "
+                         f"'{hparams['backbone']}' has none; use a ViT")

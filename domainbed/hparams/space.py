@@ -89,6 +89,7 @@ class HParamSpace:
         self.algorithm = algorithm
         self.dataset = dataset
         self.backbone = backbone
+        self.features = "pooled"  # the featurizer's output ("dinov2_linear": DomainBed's DINOv2)
         self.small_images = dataset in SMALL_IMAGES
         self.specs: dict[str, HParam] = {}
 
@@ -99,6 +100,9 @@ class HParamSpace:
             raise ValueError(f"hparam '{name}' is declared twice")
         if replace and name not in self.specs:
             raise ValueError(f"hparam '{name}' replaces nothing")
+        if replace and "seed_name" not in rules and self.specs[name].seed_name:
+            # a special case keeps the seed it replaces: its draws stay DomainBed's for the same seeds
+            rules["seed_name"] = self.specs[name].seed_name
         self.specs[name] = HParam(name, default, draw or (lambda r, value=default: value), **rules)
 
     def __contains__(self, name: str) -> bool:

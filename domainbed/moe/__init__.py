@@ -1,17 +1,28 @@
-"""Sparse mixture-of-experts layers (router, dispatch, experts, balancing losses, config, statistics)."""
+"""Sparse mixture-of-experts layers: ``router``, ``dispatch``, ``experts``, ``losses``, ``config``
+(``MoEConfig``), the composed ``layer`` (``SparseMoE``) and routing ``stats``.
 
-from .dispatch import DispatchPlan, expert_capacity, gather_tokens, plan_dispatch, scatter_outputs, top_k_gating
-from .experts import BatchedExperts
-from .config import MoEConfig
-from .layer import RoutingRecord, SparseMoE, collect_aux_loss, moe_layers, pop_aux_losses
-from .losses import importance_load_loss, importance_loss, load_loss, switch_balance_loss
-from .router import CosineRouter, LinearRouter, build_router
-from .stats import routing_counts, routing_shares, routing_stats
+Names import on first use, so that ``domainbed.moe.config`` (the MoE hparam names) is read without
+importing torch, as the torch-free commands do.
+"""
 
-__all__ = [
-    "SparseMoE", "MoEConfig", "RoutingRecord", "moe_layers", "pop_aux_losses", "collect_aux_loss",
-    "routing_counts", "routing_shares", "routing_stats",
-    "CosineRouter", "LinearRouter", "build_router", "BatchedExperts",
-    "DispatchPlan", "expert_capacity", "top_k_gating", "plan_dispatch", "gather_tokens", "scatter_outputs",
-    "importance_loss", "load_loss", "importance_load_loss", "switch_balance_loss",
-]
+from __future__ import annotations
+
+import importlib
+
+_WHERE = {
+    "SparseMoE": "layer", "RoutingRecord": "layer", "moe_layers": "layer", "pop_aux_losses": "layer",
+    "collect_aux_loss": "layer", "MoEConfig": "config",
+    "routing_counts": "stats", "routing_shares": "stats", "routing_stats": "stats",
+    "CosineRouter": "router", "LinearRouter": "router", "build_router": "router", "BatchedExperts": "experts",
+    "DispatchPlan": "dispatch", "expert_capacity": "dispatch", "top_k_gating": "dispatch",
+    "plan_dispatch": "dispatch", "gather_tokens": "dispatch", "scatter_outputs": "dispatch",
+    "importance_loss": "losses", "load_loss": "losses", "importance_load_loss": "losses",
+    "switch_balance_loss": "losses",
+}
+__all__ = list(_WHERE)
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        return getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -20,6 +20,8 @@ BLOCK_PRESETS = ("last2", "every2")
 HPARAM_FIELDS = {"num_experts": "num_experts", "top_k": "top_k", "router": "router",
                  "capacity_factor": "capacity_factor", "gate_noise": "gate_noise",
                  "expert_dropout": "expert_dropout", "moe_blocks": "blocks"}
+# every hparam that exists only on a backbone with MoE layers (the layer settings and the loss weight)
+HPARAM_NAMES = (*HPARAM_FIELDS, "aux_loss_weight")
 
 
 def parse_capacity_factor(value) -> float | None:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..algorithms import canonical_name
 from ..run.folder import RunFolder
 
 # args every record must carry to take part in model selection
@@ -55,10 +56,18 @@ def read_results_file(path: str | Path) -> tuple[list[Record], int]:
                 skipped += 1
                 continue
             if _usable(record):
-                records.append(record)
+                records.append(_canonical(record))
             else:
                 skipped += 1
     return records, skipped
+
+
+def _canonical(record: Record) -> Record:
+    """The record under its algorithm's canonical name (an older run recorded as GMOE is SFMOE)."""
+    name = canonical_name(record["args"]["algorithm"])
+    if name == record["args"]["algorithm"]:
+        return record
+    return {**record, "args": {**record["args"], "algorithm": name}}
 
 
 def load_records(input_dir: str | Path) -> LoadedRecords:

@@ -4,7 +4,8 @@ Numbers and layout follow DomainBed so results stay comparable line by line: a c
 "mean +/- err" of the per-trial accuracies x100 with err = 100 * std(x / sqrt(n)) (ddof 0);
 text columns are left-justified to 20 characters (25 in the "Averages" table) and joined by
 two spaces. One deliberate difference: a cell wider than its column widens the column instead of
-being cut off, so long algorithm names stay readable.
+being cut off, so long algorithm names stay readable. One addition: a table with missing cells ("X")
+ends with one line saying why they are missing (``missing_note``).
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from ..algorithms import ALGORITHMS
 from ..data.catalog import CATALOG, DATASETS
 from .records import (Record, base_algorithm, group_by, label_algorithms_by_backbone, n_environments,
                       selection_groups)
-from .selection import SELECTION_METHODS, SelectionMethod
+from .selection import SELECTION_METHODS, LeaveOneOutSelectionMethod, SelectionMethod
 
 DATASET_COLWIDTH = 20
 AVERAGES_COLWIDTH = 25
@@ -124,6 +125,93 @@ def _format_average(means: list[float | None]) -> str:
     return f"{sum(means) / len(means):.1f}"
 
 
+# ---------------------------------------------------------------- why a cell is missing
+
+NO_RUN = "no run holds out the domain"
+NO_DATASET_RUN = "no run on the dataset"
+NO_PAIR_RUNS = "no leave-one-domain-out pair runs"
+PAIR_RUNS_INCOMPLETE = "pair runs missing for some training domains or steps"
+NOT_SCORED = "the runs could not be scored"
+# the whole leave-one-domain-out table is X when no run holds out two domains
+NO_PAIRS_AT_ALL = ("no leave-one-domain-out pair runs (runs holding out two domains; "
+                   "a sweep with --single_test_envs launches none)")
+AVG_NEEDS_ALL = "a row's Avg needs all its cells"
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """Which runs a sweep has, to say why a selection method left a cell empty."""
+
+    single: frozenset[tuple[str, str, int]]  # (dataset, algorithm, test_env) of single-test-env runs
+    paired: frozenset[tuple[str, str, int]]  # ... of runs holding out test_env and one more domain
+
+    @classmethod
+    def of(cls, records: list[Record]) -> Coverage:
+        single, paired = set(), set()
+        for (_, dataset, algorithm, test_env), group in selection_groups(records).items():
+            n_test = {len(r["args"]["test_envs"]) for r in group}
+            if 1 in n_test:
+                single.add((dataset, algorithm, test_env))
+            if 2 in n_test:
+                paired.add((dataset, algorithm, test_env))
+        return cls(frozenset(single), frozenset(paired))
+
+    def has_pairs(self, dataset: str | None = None) -> bool:
+        """Whether any run (of ``dataset``, if given) holds out two domains."""
+        return any(dataset in (None, d) for d, _, _ in self.paired)
+
+
+def needs_pair_runs(method: type[SelectionMethod]) -> bool:
+    """Whether ``method`` validates on runs that hold out two domains (leave-one-domain-out)."""
+    return issubclass(method, LeaveOneOutSelectionMethod)
+
+
+def missing_reason(coverage: Coverage, method: type[SelectionMethod], dataset: str, algorithm: str,
+                   test_env: int) -> str:
+    """Why ``method`` has no accuracy for (dataset, algorithm, test_env): the first missing ingredient."""
+    if (dataset, algorithm, test_env) not in coverage.single:
+        return NO_RUN
+    if needs_pair_runs(method):
+        return PAIR_RUNS_INCOMPLETE if (dataset, algorithm, test_env) in coverage.paired else NO_PAIR_RUNS
+    return NOT_SCORED
+
+
+def missing_dataset_reason(coverage: Coverage, method: type[SelectionMethod], dataset: str,
+                           algorithm: str) -> str:
+    """Why the Averages table has no accuracy for (algorithm, dataset)."""
+    if not any((d, a) == (dataset, algorithm) for d, a, _ in coverage.single):
+        return NO_DATASET_RUN
+    if needs_pair_runs(method):
+        paired = any((d, a) == (dataset, algorithm) for d, a, _ in coverage.paired)
+        return PAIR_RUNS_INCOMPLETE if paired else NO_PAIR_RUNS
+    return NOT_SCORED
+
+
+def reason_rank(reason: str) -> int:
+    """Reasons in the order notes list them: the most basic missing ingredient first."""
+    order = [NO_RUN, NO_DATASET_RUN, NO_PAIR_RUNS, PAIR_RUNS_INCOMPLETE, NOT_SCORED]
+    return order.index(reason) if reason in order else len(order)
+
+
+def missing_note(reasons: list[str], no_pairs_at_all: bool = False) -> str | None:
+    """The line under a table: why its X cells are missing, with how many cells each reason
+    leaves empty; None when nothing is missing. ``no_pairs_at_all``: a leave-one-domain-out table
+    with no pair runs to use, where that one reason says it all."""
+    if not reasons:
+        return None
+    if no_pairs_at_all:
+        return f"X: {NO_PAIRS_AT_ALL}"
+    present = sorted(set(reasons), key=reason_rank)
+    counts = {reason: reasons.count(reason) for reason in present}
+    parts = [f"{reason} ({n} cell{'s' if n > 1 else ''})" for reason, n in counts.items()]
+    return "X: " + "; ".join(parts) + f"; {AVG_NEEDS_ALL}"
+
+
+def latex_note(note: str) -> str:
+    """A note line as LaTeX text: escaped, "--" kept as two hyphens, in small type."""
+    return "\\\\[2pt]{\\footnotesize " + latex_escape(note).replace("--", "-{}-") + "}"
+
+
 # ---------------------------------------------------------------- layout
 
 def latex_escape(text: str) -> str:
@@ -139,8 +227,10 @@ def format_table(
     col_labels: list[str],
     colwidth: int = DATASET_COLWIDTH,
     latex: bool = False,
+    note: str | None = None,
 ) -> list[str]:
-    """Lines of one table: a blank line, a header, then one line per row."""
+    """Lines of one table: a blank line, a header, then one line per row, then ``note`` (why
+    cells are missing) if given: in LaTeX under the tabular, inside the centred block."""
     lines = [""]
     if latex:
         lines += [
@@ -162,7 +252,12 @@ def format_table(
         if latex and r == 0:
             lines.append("\\midrule")
     if latex:
-        lines += ["\\bottomrule", "\\end{tabular}}", "\\end{center}"]
+        lines += ["\\bottomrule", "\\end{tabular}}"]
+        if note:
+            lines.append(latex_note(note))
+        lines.append("\\end{center}")
+    elif note:
+        lines.append(note)
     return lines
 
 
@@ -173,32 +268,39 @@ def results_tables(
     results = sweep_results(records, method)
     algorithms = ordered_algorithms(records)
     datasets = ordered_datasets(records)
+    coverage = Coverage.of(records)
     lines: list[str] = []
 
     for dataset in datasets:
         if latex:
             lines += ["", f"\\subsubsection{{{latex_escape(dataset)}}}"]
         envs = dataset_environments(records, dataset)
-        cells = []
+        cells, reasons = [], []
         for algorithm in algorithms:
             accs = [trial_accuracies(results, dataset, algorithm, t) for t in range(len(envs))]
             means = [(mean_and_error(a) or (None,))[0] for a in accs]
             cells.append([format_mean(a, latex) for a in accs] + [_format_average(means)])
+            reasons += [missing_reason(coverage, method, dataset, algorithm, t)
+                        for t, a in enumerate(accs) if not a]
+        note = missing_note(reasons, needs_pair_runs(method) and not coverage.has_pairs(dataset))
         header = f"Dataset: {dataset}, model selection method: {method.name}"
         lines += format_table(
-            cells, header, algorithms, ["Algorithm", *envs, "Avg"], DATASET_COLWIDTH, latex
+            cells, header, algorithms, ["Algorithm", *envs, "Avg"], DATASET_COLWIDTH, latex, note
         )
 
     if latex:
         lines += ["", "\\subsubsection{Averages}"]
-    cells = []
+    cells, reasons = [], []
     for algorithm in algorithms:
         accs = [trial_dataset_averages(results, d, algorithm) for d in datasets]
         means = [(mean_and_error(a) or (None,))[0] for a in accs]
         cells.append([format_mean(a, latex) for a in accs] + [_format_average(means)])
+        reasons += [missing_dataset_reason(coverage, method, d, algorithm)
+                    for d, a in zip(datasets, accs) if not a]
+    note = missing_note(reasons, needs_pair_runs(method) and not coverage.has_pairs())
     header = f"Averages, model selection method: {method.name}"
     lines += format_table(
-        cells, header, algorithms, ["Algorithm", *datasets, "Avg"], AVERAGES_COLWIDTH, latex
+        cells, header, algorithms, ["Algorithm", *datasets, "Avg"], AVERAGES_COLWIDTH, latex, note
     )
     return lines
 

@@ -124,6 +124,16 @@ class RunFolder:
         return records
 
     # ------------------------------------------------------------------ logs
+    def log_error(self, error: BaseException, expected: bool) -> None:
+        """Why the run stopped, in err.txt (where DomainBed users look on a cluster): the one-line
+        message of an ``expected`` error (bad input, divergence, an interruption), the traceback of
+        anything else."""
+        import traceback
+
+        text = (f"error: {str(error).strip() or type(error).__name__}\n" if expected
+                else "".join(traceback.format_exception(error)))
+        with open(self.err, "a") as handle:
+            handle.write(text)
     @contextlib.contextmanager
     def logging(self, enabled: bool = True):
         """Tee stdout/stderr into out.txt/err.txt (DomainBed's logs) while the run lives."""

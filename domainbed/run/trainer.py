@@ -41,17 +41,12 @@ from .rng_state import capture_rng_state, restore_rng_state
 TIMING_KEYS = ("step_time", "mem_gb")
 
 
-@contextlib.contextmanager
-def _data_errors_as_run_errors():
-    """A corrupt file found while loading stops the run with the loader's own one-line message
-    (DataLoader workers wrap it in a traceback text; keep its last line)."""
-    try:
-        yield
-    except (ValueError, OSError) as error:
-        lines = [line for line in str(error).splitlines() if line.strip()]
-        message = lines[-1].split(": ", 1)[-1] if lines and lines[-1].startswith(("ValueError", "OSError")) \
-            else (lines[-1] if lines else type(error).__name__)
-        raise RunError(f"{message} (the last checkpoint is kept; rerun the same command to resume)") from error
+def _last_line(error: BaseException) -> str:
+    """A loader error's own one-line message (DataLoader workers wrap it in a traceback text)."""
+    lines = [line for line in str(error).splitlines() if line.strip()]
+    if lines and lines[-1].startswith(("ValueError", "OSError")):
+        return lines[-1].split(": ", 1)[-1]
+    return lines[-1] if lines else type(error).__name__
 
 
 def run(config: TrainConfig) -> dict:
@@ -100,10 +95,16 @@ def _run(config: TrainConfig, dist_env: DistEnv) -> dict:
     if dist_env.is_main:
         output_dir.mkdir(parents=True, exist_ok=True)
     dist_env.barrier()
-    with RunFolder(output_dir).logging(dist_env.is_main):
-        trainer = _Trainer(config, dist_env, hparams, dataset, algorithm, device, output_dir,
-                           n_steps, checkpoint_freq)
-        return trainer.train()
+    folder = RunFolder(output_dir)
+    with folder.logging(dist_env.is_main):
+        try:
+            trainer = _Trainer(config, dist_env, hparams, dataset, algorithm, device, output_dir,
+                               n_steps, checkpoint_freq)
+            return trainer.train()
+        except BaseException as error:  # the console gets it from the command; err.txt keeps it too
+            if dist_env.is_main:
+                folder.log_error(error, expected=isinstance(error, (RunError, KeyboardInterrupt)))
+            raise
 
 
 # ---------------------------------------------------------------------------------------------- the run
@@ -121,6 +122,17 @@ class _Trainer:
         self.environment = describe_environment(device)
         self.saved_step: int | None = None
         self.header_printed = False
+
+    @contextlib.contextmanager
+    def _data_errors_as_run_errors(self):
+        """A corrupt file found while loading stops the run with the loader's one-line message and
+        what is true of the run's state."""
+        try:
+            yield
+        except (ValueError, OSError) as error:
+            kept = (f"the checkpoint of step {self.saved_step} is kept: rerun the same command to resume"
+                    if self.saved_step is not None else "no checkpoint was written yet: rerun to start again")
+            raise RunError(f"{_last_line(error)} ({kept} once the file is fixed)") from error
 
     def autocast(self):
         """bf16 autocast around the algorithm's forwards when asked (a property of the run, not of
@@ -190,13 +202,16 @@ class _Trainer:
         if num_workers is None:  # in-memory tensor datasets say 0; images want decoding in parallel
             num_workers = min(dataset.N_WORKERS, os.cpu_count() or 1)
         pin = self.device.type == "cuda"
+        balanced = bool(self.hparams.get("class_balanced", False))  # DomainBed balances the uda splits too
         self.train_iterators = [
             train_loader(split, dataset.train_transform(env_i), batch_size,
-                         seed_hash(config.seed, config.trial_seed, "train", env_i), start_step, num_workers, pin)
+                         seed_hash(config.seed, config.trial_seed, "train", env_i), start_step, num_workers, pin,
+                         class_balanced=balanced)
             for env_i, split in splits.train]
         self.uda_iterators = [
             train_loader(split, dataset.eval_transform, batch_size,
-                         seed_hash(config.seed, config.trial_seed, "uda", env_i), start_step, 0, pin)
+                         seed_hash(config.seed, config.trial_seed, "uda", env_i), start_step, 0, pin,
+                         class_balanced=balanced)
             for env_i, split in splits.uda] if config.task == "domain_adaptation" else []
         self.eval_loaders = [(name, eval_loader(split, dataset.eval_transform, config.eval_batch_size,
                                                 num_workers, pin)) for name, split in splits.evals]
@@ -233,7 +248,7 @@ class _Trainer:
     def _train_step(self, step: int) -> None:
         started = time.time()
         device = self.device
-        with _data_errors_as_run_errors():
+        with self._data_errors_as_run_errors():
             batches = [next(it) for it in self.train_iterators]
             unlabeled_batches = [next(it) for it in self.uda_iterators]
         minibatches = [(x[self.rank_slice].to(device, non_blocking=True), y[self.rank_slice].to(device, non_blocking=True))
@@ -266,7 +281,7 @@ class _Trainer:
             record = {"args": self.config.record_args(), "hparams": self.hparams, "step": step,
                       "epoch": step / self.steps_per_epoch, **self.timing.take(), **self.loss_values.take(),
                       **algorithm_values}
-            with _data_errors_as_run_errors():
+            with self._data_errors_as_run_errors():
                 record.update(self.accuracies.evaluate(self.algorithm.evaluation_model()))
             record.update(self.routing.take())
             record["environment"] = self.environment

@@ -1,7 +1,9 @@
 """Result tables of a sweep: ``python -m domainbed.scripts.collect_results --input_dir D``.
 
 Prints DomainBed's tables for the three model selection methods and writes them to
-D/results.txt (D/results.tex with ``--latex``); ``--plots DIR`` also writes figures.
+D/results.txt (D/results.tex with ``--latex``); ``--plots DIR`` also writes figures that compare
+the algorithms, per dataset (``results.plots.save_plots``); ``--per_run_curves`` adds one figure per
+run.
 Notes about incomplete runs and skipped lines go to stderr, so stdout is the report alone.
 """
 
@@ -21,12 +23,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--input_dir", required=True,
                         help="the sweep's output_dir (run folders holding results.jsonl)")
     parser.add_argument("--latex", action="store_true", help="print a LaTeX document instead")
-    parser.add_argument("--plots", metavar="DIR", help="also write PNG figures into DIR")
+    parser.add_argument("--plots", metavar="DIR",
+                        help="also write PNG figures into DIR, per dataset: bars_<dataset>.png (the tables' "
+                             "cells as bars, a panel per selection method), curves_<dataset>.png (held-out "
+                             "accuracy over training per algorithm), routing_<dataset>.png (MoE runs)")
+    parser.add_argument("--per_run_curves", action="store_true",
+                        help="with --plots: also one figure per run (DIR/per_run/, every environment's "
+                             "accuracy against the step; thousands in a full sweep)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> str:
     args = build_parser().parse_args(argv)
+    if args.per_run_curves and not args.plots:
+        raise ValueError("--per_run_curves draws into the --plots directory; pass --plots DIR too")
     loaded = load_records(args.input_dir)
     if loaded.n_incomplete_runs:
         print(f"note: {loaded.n_incomplete_runs} of {loaded.n_runs} runs are not done "
@@ -43,7 +53,7 @@ def main(argv: list[str] | None = None) -> str:
     if args.plots:
         from ..results.plots import save_plots  # matplotlib only when figures are asked for
 
-        paths = save_plots(loaded.records, args.plots)
+        paths = save_plots(loaded.records, args.plots, per_run_curves=args.per_run_curves)
         print(f"wrote {len(paths)} figures to {args.plots}", file=sys.stderr)
     return report
 

@@ -15,6 +15,7 @@ from collections import Counter
 from ..sweep import (JobState, delete_incomplete, jobs_to_launch, launch, make_jobs, make_train_args,
                       status_report)
 from ..sweep.launchers import LAUNCHERS, LauncherOptions, get_launcher
+from ..sweep.preflight import preflight
 from ._cli import run_main
 
 
@@ -122,6 +123,12 @@ def main(argv: list[str] | None = None) -> list:
     if not to_launch:
         print("Every job is done; nothing to launch.")
         return []
+    checked = preflight([job.train_args for job in to_launch])
+    runnable = {job_args["output_dir"] for job_args in checked.runnable}
+    to_launch = [job for job in to_launch if job.output_dir in runnable]
+    print("Checked the jobs to launch: data, hparams, run flags, pretrained weights.")
+    for note in checked.notes():
+        print(note)
     n_resume = sum(job.state == JobState.INCOMPLETE for job in to_launch)
     question = f"Launch {len(to_launch)} jobs ({n_resume} resuming) with '{args.command_launcher}'?"
     if not args.skip_confirmation and not confirm(question):

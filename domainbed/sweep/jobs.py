@@ -24,6 +24,7 @@ from pathlib import Path
 from ..algorithms import LOCATIONS, canonical_name
 from ..data.catalog import check_test_envs, num_environments
 from ..hparams.space import parse_hparams_json
+from ..moe.config import HPARAM_NAMES as MOE_HPARAM_NAMES
 from ..run.folder import RunFolder
 from ..seeding import seed_hash
 from .launchers import PACKAGE_ROOT, JobResult, JobSpec, Launcher, LauncherOptions, is_running
@@ -76,11 +77,13 @@ def make_train_args(datasets: list[str], algorithms: list[str], data_dir: str, *
     """The train args of every job, in DomainBed's order (trial, dataset, algorithm, test envs,
     hparams seed). ``test_envs`` limits which environments are held out (default: all)."""
     _validate(datasets, algorithms, n_trials, n_hparams_from, n_hparams, test_envs, hparams)
+    algorithms = list(dict.fromkeys(canonical_name(a) for a in algorithms))  # an alias is the same jobs
     args_list = []
     for trial_seed in range(n_trials):
         for dataset in datasets:
             n_envs = num_environments(dataset)
             for algorithm in algorithms:
+                job_hparams = hparams_for(algorithm, dataset, hparams)
                 for envs in all_test_env_combinations(n_envs, single_test_envs, test_envs):
                     for hparams_seed in range(n_hparams_from, n_hparams):
                         args = {"dataset": dataset, "algorithm": algorithm, "test_envs": envs,
@@ -90,12 +93,28 @@ def make_train_args(datasets: list[str], algorithms: list[str], data_dir: str, *
                                                  sweep_seed)}
                         if steps is not None:
                             args["steps"] = steps
-                        if hparams is not None:
-                            args["hparams"] = hparams
+                        if job_hparams is not None:
+                            args["hparams"] = job_hparams
                         if checkpoint_freq is not None:
                             args["checkpoint_freq"] = checkpoint_freq
                         args_list.append(args)
     return args_list
+
+
+def hparams_for(algorithm: str, dataset: str, hparams: str | None) -> str | None:
+    """The ``--hparams`` of one job: the sweep's, less the MoE settings when this job's backbone has
+    no MoE layers (``--algorithms ERM SFMOE --hparams '{"num_experts": 4}'`` sets SF-MoE's experts
+    and leaves ERM alone). Only sweeps with MoE settings look up backbones (and import torch)."""
+    overrides = parse_hparams_json(hparams)
+    if not any(name in MOE_HPARAM_NAMES for name in overrides):
+        return hparams
+    from ..hparams.registry import hparam_space
+    from ..models.backbones import is_moe_backbone
+
+    if is_moe_backbone(hparam_space(algorithm, dataset, overrides.get("backbone")).backbone):
+        return hparams
+    dense = {name: value for name, value in overrides.items() if name not in MOE_HPARAM_NAMES}
+    return json.dumps(dense) if dense else None
 
 
 def _validate(datasets, algorithms, n_trials, n_hparams_from, n_hparams, test_envs, hparams) -> None:
@@ -169,11 +188,12 @@ def status_report(jobs: list[Job]) -> str:
     for dataset, algorithm, state in states:
         groups.setdefault((dataset, algorithm), Counter())[state] += 1
     if groups:
-        width = max(len(f"{d} {a}") for d, a in groups)
-        lines.append(f"{'dataset algorithm':<{width}}  {'done':>6}  {'incomplete':>10}  {'not launched':>12}")
-        for (dataset, algorithm), counts in groups.items():
-            lines.append(f"{dataset + ' ' + algorithm:<{width}}  {counts[JobState.DONE]:>6}  "
-                         f"{counts[JobState.INCOMPLETE]:>10}  {counts[JobState.NOT_LAUNCHED]:>12}")
+        rows = [("dataset", "algorithm", "done", "incomplete", "not launched")]
+        rows += [(dataset, algorithm, *(str(counts[s]) for s in JobState)) for (dataset, algorithm), counts in groups.items()]
+        widths = [max(len(row[c]) for row in rows) for c in range(5)]
+        for row in rows:  # names left-aligned, counts right-aligned under their headers
+            lines.append("  ".join([row[0].ljust(widths[0]), row[1].ljust(widths[1]),
+                                    *(row[c].rjust(widths[c]) for c in range(2, 5))]).rstrip())
     return "\n".join(lines)
 
 

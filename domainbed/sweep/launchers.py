@@ -24,7 +24,7 @@ from ..run.folder import RunFolder
 
 ALREADY_RUNNING = "already running"
 SLURM_MAX_ARRAY = 1000  # Slurm's default MaxArraySize is 1001
-PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
+PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])  # the folder holding the domainbed package
 INSTALL_HINT = "pip install 'domainbed-sfmoe[sweep]'"
 
 

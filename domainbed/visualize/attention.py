@@ -153,38 +153,55 @@ def _panel_grid(count: int) -> tuple[int, int]:
     return -(-count // columns), columns
 
 
-def _overlay(ax, image: np.ndarray, heat: np.ndarray, mask: np.ndarray, title: str) -> None:
+HEAT_CMAP, HEAT_ALPHA = "inferno", 0.6
+COLORBAR_INCHES = 0.8  # the strip on the right holding the colour bar, its ticks and its label
+
+
+def _overlay(ax, image: np.ndarray, heat: np.ndarray, mask: np.ndarray, title: str, vmax: float):
     ax.imshow(image, interpolation="nearest")
-    ax.imshow(heat, cmap="inferno", alpha=0.6, vmin=0.0, vmax=max(float(heat.max()), 1e-12),
-              interpolation="nearest")
+    shown = ax.imshow(heat, cmap=HEAT_CMAP, alpha=HEAT_ALPHA, vmin=0.0, vmax=vmax, interpolation="nearest")
     if mask.any() and not mask.all():
         ax.contour(mask.astype(float), levels=[0.5], colors="cyan", linewidths=1.0)
     ax.set_title(title, fontsize=8)
     ax.axis("off")
+    return shown
 
 
 def attention_figure(image: np.ndarray, attn: torch.Tensor, masks: torch.Tensor, mean_mask: torch.Tensor,
                      title: str = "", threshold: float | None = None) -> Figure:
     """Panels: the image, the mean over heads, then each head; heat maps over the image with the
-    outline of the kept-mass mask. ``image`` [H, W, 3]; ``attn``, ``masks`` [heads, gh, gw];
-    ``mean_mask`` [gh, gw]. Exactly ``2 + heads`` axes."""
+    outline of the kept-mass mask, all on one colour scale (0 to the largest weight of any map), read
+    on the colour bar at the right: the CLS token's attention weight per patch. ``image`` [H, W, 3];
+    ``attn``, ``masks`` [heads, gh, gw]; ``mean_mask`` [gh, gw]. Exactly ``2 + heads`` panel axes,
+    then the colour bar's axes (``figure.axes[-1]``)."""
     heads = attn.shape[0]
     size = image.shape[:2]
     heat = upsample_maps(attn.float(), size).cpu().numpy()
     mask_up = upsample_maps(masks.float(), size).cpu().numpy() > 0.5
     mean_heat = heat.mean(axis=0)
     mean_up = upsample_maps(mean_mask.float(), size).cpu().numpy() > 0.5
+    # one scale for every map (the mean never exceeds the largest head), so panels compare
+    vmax = max(float(heat.max()), 1e-12)
     rows, columns = _panel_grid(2 + heads)
-    figure = Figure(figsize=(columns * PANEL_INCHES, rows * PANEL_INCHES), dpi=DPI)
+    width = columns * PANEL_INCHES
+    figure = Figure(figsize=(width, rows * PANEL_INCHES), dpi=DPI)
     axes = figure.subplots(rows, columns, squeeze=False).ravel()
     for extra in axes[2 + heads:]:
         figure.delaxes(extra)
     axes[0].imshow(image, interpolation="nearest")
     axes[0].set_title("input", fontsize=8)
     axes[0].axis("off")
-    _overlay(axes[1], image, mean_heat, mean_up, f"mean of heads ({int(mean_mask.sum())} patches)")
+    shown = _overlay(axes[1], image, mean_heat, mean_up, f"mean of heads ({int(mean_mask.sum())} patches)", vmax)
     for h in range(heads):
-        _overlay(axes[2 + h], image, heat[h], mask_up[h], f"head {h} ({int(masks[h].sum())} patches)")
+        _overlay(axes[2 + h], image, heat[h], mask_up[h], f"head {h} ({int(masks[h].sum())} patches)", vmax)
+    # the colour bar in a strip at the right, as tall as the panels
+    figure.subplots_adjust(right=1 - COLORBAR_INCHES / width)
+    bottom, top = figure.subplotpars.bottom, figure.subplotpars.top
+    cax = figure.add_axes((1 - (COLORBAR_INCHES - 0.12) / width, bottom + 0.1 * (top - bottom),
+                           0.12 / width, 0.8 * (top - bottom)))
+    bar = figure.colorbar(shown, cax=cax)
+    bar.set_label("CLS attention weight per patch", fontsize=7)
+    bar.ax.tick_params(labelsize=6)
     if threshold is not None:
         title = f"{title}; outlines: patches holding {threshold:.0%} of the mass".lstrip("; ")
     if title:
