@@ -10,6 +10,7 @@ from ..data.splits import split_dataset
 from ..hparams import registry as hparams_registry
 from ..hparams.space import parse_hparams_json
 from ..seeding import seed_hash
+from .numerics import deterministic_environment_set
 
 
 class RunError(Exception):
@@ -46,6 +47,7 @@ class TrainConfig:
     num_workers: int | None = None
     eval_batch_size: int = 64
     progress: bool | None = None
+    deterministic: bool = False
 
     def record_args(self) -> dict:
         return dataclasses.asdict(self)
@@ -67,6 +69,10 @@ def validate_config(config: TrainConfig, dataset) -> None:
     n_envs = len(dataset)
     if len(set(config.test_envs)) >= n_envs:
         raise RunError("every environment is a test environment; leave at least one to train on")
+    if config.deterministic and not deterministic_environment_set():
+        raise RunError("--deterministic sets PyTorch's and MKL's kernels before they load: run the command "
+                       "line (python -m domainbed.scripts.train ... --deterministic), which restarts itself "
+                       "with them")
     if config.precision not in ("fp32", "bf16"):
         raise RunError(f"unknown --precision '{config.precision}'; use fp32 or bf16")
     if config.task not in ("domain_generalization", "domain_adaptation"):

@@ -15,6 +15,8 @@ import sys
 import numpy as np
 import torch
 
+from .numerics import numeric_settings
+
 
 @functools.lru_cache(maxsize=1)
 def cpu_model() -> str:
@@ -52,6 +54,7 @@ def describe_environment(device: torch.device | str) -> dict:
         "cpu_capability": cpu_capability(),
         "threads": torch.get_num_threads(),
         "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+        **{key.lower(): value for key, value in numeric_settings().items() if value is not None},
     }
     if device.type == "cuda":
         described["cuda"] = torch.version.cuda

@@ -83,6 +83,8 @@ def _run(config: TrainConfig, dist_env: DistEnv) -> dict:
     except ValueError as error:
         raise RunError(str(error)) from None
 
+    if config.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)  # warn, not fail, where CUDA has no such kernel
     # Build the model before touching the output folder: a bad backbone or missing weights must
     # not leave a trace in (or next to) an earlier run's files.
     device = pick_device(config.device, dist_env)

@@ -44,6 +44,15 @@ def summarize(record: dict, test_env: int, n_envs: int) -> tuple[float, float]:
     return record[f"env{test_env}_in_acc"], in_domain
 
 
+def machine(record: dict) -> str:
+    """What decided the numbers, from the record: CPU, instruction set, threads (or the GPU)."""
+    env = record.get("environment", {})
+    if env.get("gpu"):
+        return f"{env['gpu']}, torch {env.get('torch')}"
+    return (f"{env.get('cpu', '?')} ({env.get('cpu_capability', '?')}), {env.get('threads', '?')} threads, "
+            f"torch {env.get('torch', '?')}")
+
+
 def last_record(run_dir: Path) -> dict:
     return RunFolder(run_dir).read_records()[-1]
 
@@ -72,11 +81,14 @@ def main(argv: list[str] | None = None) -> list[tuple]:
         rows.append((algorithm, record["hparams"]["backbone"], held_out, in_domain, record["step_time"]))
 
     print(f"\n{args.dataset}, held-out domain {environments[args.test_env]}, "
-          f"{args.steps} steps, last checkpoint:")
+          f"{args.steps} steps, last checkpoint, one seed, {machine(record)}:")
     print(f"{'algorithm':<10} {'backbone':<22} {'held-out acc':>12} {'in-domain acc':>13} {'s/step':>7}")
     for algorithm, backbone, held_out, in_domain, step_time in rows:
         print(f"{algorithm:<10} {backbone:<22} {100 * held_out:>11.1f}% {100 * in_domain:>12.1f}% "
               f"{step_time:>7.3f}")
+    print("These numbers repeat bit for bit on this machine with these settings; another CPU type or\n"
+          "thread count prints other ones (README, Reproducibility). One seed is a demonstration, not\n"
+          "evidence: results/digits/ has the multi-trial study.")
     print(f"\nRecords, models and TensorBoard logs: {root}/ "
           f"(python -m domainbed.scripts.collect_results --input_dir {root})")
     figures = draw_figures(RunFolder(root / "SFMOE").model, args.dataset, args.test_env, root / "figures")

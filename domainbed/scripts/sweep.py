@@ -40,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     jobs.add_argument("--hparams", default=None, help="JSON hparams overriding every job's")
     jobs.add_argument("--holdout_fraction", type=float, default=0.2)
     jobs.add_argument("--single_test_envs", action="store_true")
+    jobs.add_argument("--deterministic", action="store_true",
+                      help="every job with portable kernels (train --deterministic): the same numbers on any x86 CPU")
     jobs.add_argument("--test_envs", type=int, nargs="+", default=None,
                       help="hold out only these environments, alone and paired with every other (None: all)")
     run = parser.add_argument_group("launching")
@@ -99,7 +101,8 @@ def main(argv: list[str] | None = None) -> list:
                                 task=args.task, holdout_fraction=args.holdout_fraction,
                                 single_test_envs=args.single_test_envs, test_envs=args.test_envs,
                                 steps=args.steps, hparams=args.hparams,
-                                checkpoint_freq=args.checkpoint_freq, sweep_seed=args.seed)
+                                checkpoint_freq=args.checkpoint_freq, sweep_seed=args.seed,
+                                deterministic=args.deterministic)
     jobs = make_jobs(args_list, args.output_dir)
     print(status_report(jobs))
 

@@ -1,13 +1,15 @@
 """Train one model: ``python -m domainbed.scripts.train --dataset PACS --algorithm SFMOE --test_env 2``.
 
 DomainBed's flags, plus ``--test_env`` (the seed README's spelling), ``--precision``, ``--compile``,
-``--num_workers`` and ``--device``. Rerunning an interrupted command resumes it.
+``--num_workers``, ``--device`` and ``--deterministic``. Rerunning an interrupted command resumes it.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 
+from ..run.numerics import reexec_deterministic
 from ..run.trainer import RunError, TrainConfig, run
 from ._cli import run_main
 
@@ -41,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--eval_batch_size", type=int, default=defaults.eval_batch_size)
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                         help="progress bar (default: on a terminal)")
+    parser.add_argument("--deterministic", action="store_true",
+                        help="portable kernels: the same numbers on any x86 CPU at the same thread count "
+                             "(about 2x the CPU time; see BENCHMARKS.md)")
     return parser
 
 
@@ -50,4 +55,6 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
+    if "--deterministic" in sys.argv[1:]:
+        reexec_deterministic("domainbed.scripts.train", sys.argv[1:])
     run_main(main, (RunError,))

@@ -73,7 +73,7 @@ def make_train_args(datasets: list[str], algorithms: list[str], data_dir: str, *
                     holdout_fraction: float = 0.2, single_test_envs: bool = False,
                     test_envs: list[int] | None = None, steps: int | None = None,
                     hparams: str | None = None, checkpoint_freq: int | None = None,
-                    sweep_seed: int = 0) -> list[dict]:
+                    sweep_seed: int = 0, deterministic: bool = False) -> list[dict]:
     """The train args of every job, in DomainBed's order (trial, dataset, algorithm, test envs,
     hparams seed). ``test_envs`` limits which environments are held out (default: all)."""
     _validate(datasets, algorithms, n_trials, n_hparams_from, n_hparams, test_envs, hparams)
@@ -97,6 +97,8 @@ def make_train_args(datasets: list[str], algorithms: list[str], data_dir: str, *
                             args["hparams"] = job_hparams
                         if checkpoint_freq is not None:
                             args["checkpoint_freq"] = checkpoint_freq
+                        if deterministic:  # only when asked, so other sweeps keep DomainBed's folders
+                            args["deterministic"] = True
                         args_list.append(args)
     return args_list
 
@@ -154,6 +156,9 @@ class Job:
     def command(self) -> tuple[str, ...]:
         command = [sys.executable, "-m", TRAIN_MODULE]
         for key, value in sorted(self.train_args.items()):
+            if isinstance(value, bool):  # a switch: the flag alone, or nothing
+                command += [f"--{key}"] if value else []
+                continue
             command.append(f"--{key}")
             command.extend(str(v) for v in value) if isinstance(value, list) else command.append(str(value))
         return tuple(command)

@@ -72,16 +72,22 @@ def preflight(args_list: list[dict]) -> Preflight:
     from ..hparams.space import parse_hparams_json
 
     checker, result = _Checker(), Preflight()
+    resolved: dict[tuple, dict | str] = {}  # jobs differing only in test envs share their hparams
     stopping: dict[str, int] = {}
     refused_by_algorithm: dict[str, list[str]] = {}
     for args in args_list:
         dataset, algorithm = args["dataset"], args["algorithm"]
         problem = checker.data_problem(dataset, args["data_dir"])
-        try:
-            hparams = None if problem else resolve_hparams(algorithm, dataset, args["hparams_seed"],
-                                                          args["trial_seed"], parse_hparams_json(args.get("hparams")))
-        except ValueError as error:
-            problem = f"{algorithm} on {dataset}: {error}"
+        key = (algorithm, dataset, args["hparams_seed"], args["trial_seed"], args.get("hparams"))
+        if not problem and key not in resolved:
+            try:
+                resolved[key] = resolve_hparams(algorithm, dataset, args["hparams_seed"], args["trial_seed"],
+                                                parse_hparams_json(args.get("hparams")))
+            except ValueError as error:
+                resolved[key] = f"{algorithm} on {dataset}: {error}"
+        hparams = None if problem else resolved[key]
+        if isinstance(hparams, str):
+            problem = hparams
         problem = problem or checker.weights_problem(hparams)
         if problem:
             stopping[problem] = stopping.get(problem, 0) + 1
