@@ -29,6 +29,8 @@ bench: venv
 	$(PY) benchmarks/bench_moe_layer.py
 	$(PY) benchmarks/bench_vs_mixture_of_experts.py
 	$(PY) benchmarks/bench_gmoe_step.py
+	$(PY) benchmarks/bench_averaging.py
+	$(PY) benchmarks/reproducibility.py
 
 clean:
 	rm -rf $(VENV) demo_output

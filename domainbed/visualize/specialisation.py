@@ -57,9 +57,9 @@ class RunSpecialisation:
 
 def summarise(runs: list[RunSpecialisation]) -> dict:
     """Per layer: mean and standard error (DomainBed's: std of x / sqrt(n)) of each NMI over runs,
-    plus every run's numbers."""
+    plus every run's numbers (runs named by their folder, the job hash, not by this machine's path)."""
     layers = list(runs[0].usage.by_domain)
-    summary = {"runs": [{"run_dir": r.run_dir, "trial_seed": r.trial_seed, "test_env": r.test_env, "nmi": r.nmi()}
+    summary = {"runs": [{"run": Path(r.run_dir).name, "trial_seed": r.trial_seed, "test_env": r.test_env, "nmi": r.nmi()}
                         for r in runs], "layers": {}}
     for layer in layers:
         summary["layers"][layer] = {}
