@@ -7,7 +7,8 @@ import pytest
 from sklearn.metrics import normalized_mutual_info_score
 
 from domainbed.scripts import routing_analysis, train
-from domainbed.visualize.specialisation import normalized_mutual_information
+from domainbed.visualize.specialisation import RunSpecialisation, normalized_mutual_information, representative_run
+from domainbed.visualize.usage import ExpertUsage
 
 
 def labels_from_counts(counts):
@@ -45,4 +46,14 @@ def test_routing_analysis_reads_the_selected_runs_of_a_sweep(tmp_path, capsys):
     summary = json.loads((tmp_path / "out" / "specialisation.json").read_text())
     layer = summary["layers"]["blocks.2.mlp"]
     assert layer["domain"]["mean"] == pytest.approx(normalized_mutual_information(usage.by_domain["blocks.2.mlp"]))
+    assert summary["runs"][0]["run"] in ("run0", "run1")  # the run's folder name, not this machine's path
     assert (tmp_path / "out" / "specialisation.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_share_maps_show_the_run_of_median_class_nmi():
+    def run(name, by_class):
+        usage = ExpertUsage(2, ["a", "b"], ["0", "1"], by_domain={"blocks.2.mlp": np.array([[5, 5], [5, 5]])},
+                            by_class={"blocks.2.mlp": np.array(by_class)})
+        return RunSpecialisation(name, 0, 0, usage)
+    runs = [run("peaked", [[10, 0], [0, 10]]), run("flat", [[5, 5], [5, 5]]), run("middle", [[8, 2], [2, 8]])]
+    assert representative_run(runs).run_dir == "middle"

@@ -70,16 +70,18 @@ def summarise(runs: list[RunSpecialisation]) -> dict:
     return summary
 
 
-def mean_shares(runs: list[RunSpecialisation], layer: str, by: str) -> np.ndarray:
-    """Each run's share of tokens per expert (rows: domains or classes), averaged over runs."""
-    return np.mean([row_shares(getattr(r.usage, f"by_{by}")[layer]) for r in runs], axis=0)
+def representative_run(runs: list[RunSpecialisation]) -> RunSpecialisation:
+    """The run whose class NMI (summed over layers) is the median of the runs': its share maps show
+    a typical run (maps cannot be averaged over runs: expert indices are not comparable)."""
+    ranked = sorted(runs, key=lambda r: sum(layer["class"] for layer in r.nmi().values()))
+    return ranked[(len(ranked) - 1) // 2]
 
 
 def specialisation_figure(runs: list[RunSpecialisation], title: str = "") -> Figure:
     """Left: NMI of the top-1 expert with the domain and with the class per MoE layer (mean and
-    standard error over runs). Right: expert shares by domain and by class of each layer (mean
-    over runs). Expert indices are not comparable across runs (experts are interchangeable), so
-    the share maps show how peaked routing is, and the NMI bars carry the comparison."""
+    standard error over runs). Right: expert shares by domain and by class of each layer in one
+    typical run (``representative_run``), on a colour scale from 0 to the largest share so that
+    departures from the uniform 1/E show; the NMI bars carry the comparison across runs."""
     summary = summarise(runs)
     layers = list(summary["layers"])
     figure = Figure(figsize=(3.2 + 5.0 * len(layers), 3.8))
@@ -94,16 +96,20 @@ def specialisation_figure(runs: list[RunSpecialisation], title: str = "") -> Fig
     bars.set_ylabel("NMI of top-1 expert", fontsize=8)
     bars.legend(fontsize=7)
     bars.set_title(f"{len(runs)} selected run{'s' if len(runs) != 1 else ''}", fontsize=8)
-    usage = runs[0].usage
+    typical = representative_run(runs)
+    usage = typical.usage
+    maps = {(layer, by): row_shares(getattr(usage, f"by_{by}")[layer]) for layer in layers for by in ("domain", "class")}
+    largest = max(float(m.max()) for m in maps.values())
     for i, layer in enumerate(layers):
         for j, (by, names) in enumerate((("domain", usage.domain_names), ("class", usage.class_names))):
             ax = figure.add_subplot(grid[0, 1 + 2 * i + j])
-            image = ax.imshow(mean_shares(runs, layer, by), cmap="viridis", vmin=0, vmax=1, aspect="auto")
+            image = ax.imshow(maps[layer, by], cmap="viridis", vmin=0, vmax=largest, aspect="auto")
             ax.set_yticks(range(len(names)), names, fontsize=6)
             ax.set_xticks(range(usage.num_experts), [str(e) for e in range(usage.num_experts)], fontsize=6)
             ax.set_xlabel("expert", fontsize=7)
             ax.set_title(f"{block_label(layer)} by {by}", fontsize=8)
-    figure.colorbar(image, ax=figure.axes[-1], fraction=0.08, label="share of tokens")
+    figure.colorbar(image, ax=figure.axes[-1], fraction=0.08,
+                    label=f"share of tokens (trial {typical.trial_seed}, held out env {typical.test_env})")
     if title:
         figure.suptitle(title, fontsize=9)
     figure.tight_layout()

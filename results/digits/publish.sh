@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # From the study's sweep folder (run_study.sh) to the committed results: each run's records and
-# log (no model files), the tables (text and LaTeX), the figures and the routing analysis.
+# log (no model files), the tables (text and LaTeX), the figures, the cost and the routing analysis.
 #
 #   results/digits/publish.sh [SWEEP_DIR]       (default: results/digits/sweep)
 set -euo pipefail
@@ -22,6 +22,7 @@ rm -rf "$HERE/figures"
 "$PYTHON" -m domainbed.scripts.collect_results --input_dir "$HERE/runs" --plots "$HERE/figures" > /dev/null
 rm -f "$HERE/runs/results.txt"
 "$PYTHON" "$HERE/angle_figure.py" --input_dir "$HERE/runs" --output "$HERE/figures/accuracy_by_angle.png"
+"$PYTHON" "$HERE/run_costs.py" --sweep_dir "$SWEEP" > "$HERE/costs.txt"  # needs the sweep's lock files
 
 # which experts the selected GMoE runs use, by domain and by class (needs the sweep's model files)
 for dataset in RotatedDigits ColoredDigits; do
