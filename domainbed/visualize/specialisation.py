@@ -59,12 +59,13 @@ def summarise(runs: list[RunSpecialisation]) -> dict:
     """Per layer: mean and standard error (DomainBed's: std of x / sqrt(n)) of each NMI over runs,
     plus every run's numbers (runs named by their folder, the job hash, not by this machine's path)."""
     layers = list(runs[0].usage.by_domain)
-    summary = {"runs": [{"run": Path(r.run_dir).name, "trial_seed": r.trial_seed, "test_env": r.test_env, "nmi": r.nmi()}
-                        for r in runs], "layers": {}}
+    nmis = [r.nmi() for r in runs]
+    summary = {"runs": [{"run": Path(r.run_dir).name, "trial_seed": r.trial_seed, "test_env": r.test_env, "nmi": nmi}
+                        for r, nmi in zip(runs, nmis)], "layers": {}}
     for layer in layers:
         summary["layers"][layer] = {}
         for variable in ("domain", "class"):
-            values = np.array([r.nmi()[layer][variable] for r in runs])
+            values = np.array([nmi[layer][variable] for nmi in nmis])
             summary["layers"][layer][variable] = {"mean": float(values.mean()),
                                                   "stderr": float(np.std(values / np.sqrt(len(values))))}
     return summary

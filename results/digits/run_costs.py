@@ -28,9 +28,8 @@ def main() -> None:
     seconds = defaultdict(list)
     for folder, algorithm, dataset in folders:
         folder = RunFolder(Path(args.sweep_dir) / Path(folder).name)
-        lock, done = folder.path / RunFolder.LOCK, folder.done
-        if lock.exists() and done.exists():
-            seconds[(algorithm, dataset)].append(done.stat().st_mtime - lock.stat().st_mtime)
+        if folder.lock.exists() and folder.done.exists():
+            seconds[(algorithm, dataset)].append(folder.done.stat().st_mtime - folder.lock.stat().st_mtime)
     total = 0.0
     print(f"{'algorithm':<32} {'dataset':<14} {'runs':>4} {'median min/run':>14}")
     for (algorithm, dataset), values in sorted(seconds.items()):
