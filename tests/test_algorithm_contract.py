@@ -3,8 +3,9 @@
 For each (algorithm, backbone): ``update`` on a fixed small batch gives finite values, the loss on
 that batch falls within a few steps, ``predict`` and ``evaluation_model`` give logits of the right
 shape, saving and restoring the declared state mid-run continues bit-identically, and on the GMoE
-backbone ``moe_aux_loss`` equals the sum of the balance losses of every training forward the
-step ran (each counted once).
+backbone ``moe_aux_term`` is the weighted sum of the balance losses of every training forward the
+step ran (each counted once), ``moe_aux_loss_per_forward`` their per-forward value, and no other
+reported value contains the balance loss.
 """
 
 from __future__ import annotations
@@ -112,27 +113,66 @@ def test_saved_state_resumes_exactly(name, backbone, kit):
 @pytest.mark.parametrize("name", NAMES)
 def test_moe_aux_loss_counts_every_training_forward_once(name, kit):
     algorithm = kit.algorithm(name, "gmoe")
-    forwards: list[float] = []
+    forwards: dict[str, list[float]] = {}
 
-    def record(layer, inputs, output):
-        if layer.training and torch.is_grad_enabled():
-            forwards.append(layer.aux_loss.item())
+    def record(layer_name):
+        def hook(layer, inputs, output):
+            if layer.training and torch.is_grad_enabled():
+                forwards.setdefault(layer_name, []).append(layer.aux_loss.item())
+        return hook
 
-    for module in algorithm.modules():
+    for layer_name, module in algorithm.named_modules():
         if isinstance(module, SparseMoE):
-            module.register_forward_hook(record)
+            module.register_forward_hook(record(layer_name))
     kit.seed_all(0)
+    weight = algorithm.hparams["aux_loss_weight"]
     for _ in range(3):
         forwards.clear()
         values = algorithm.update(kit.minibatches())
         assert forwards, f"{name} ran no training forward through its MoE layers"
-        assert values["moe_aux_loss"] == pytest.approx(sum(forwards), rel=1e-5, abs=1e-7)
+        every = [loss for losses in forwards.values() for loss in losses]
+        assert values["moe_aux_term"] == pytest.approx(weight * sum(every), rel=1e-5, abs=1e-9)
+        per_forward = sum(np.mean(losses) for losses in forwards.values())
+        assert values["moe_aux_loss_per_forward"] == pytest.approx(per_forward, rel=1e-5, abs=1e-7)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_reported_values_leave_the_balance_loss_out(name, kit, monkeypatch):
+    """Every value but the moe_aux_* ones must be the same whether the balance loss adds its value to
+    the objective or only its gradient: a run with aux_loss_weight 100 where moe_aux_loss() is
+    replaced by a term of value 0 and the same gradient trains identically, so any reported value
+    that moves contains the balance loss."""
+    from domainbed.algorithms.base import Algorithm
+
+    def run():
+        algorithm = kit.algorithm(name, "gmoe", aux_loss_weight=100.0, **OVERRIDES.get(name, {}))
+        kit.seed_all(0)
+        values = []
+        for step in range(2):
+            values.append({key: value for key, value in algorithm.update(kit.minibatches()).items()
+                           if not key.startswith("moe_aux")})
+            algorithm.after_step(step)
+        return values
+
+    reported = run()
+    real = Algorithm.moe_aux_loss
+
+    def gradient_only(self):
+        term = real(self)
+        return term - term.detach() if torch.is_tensor(term) else term
+
+    monkeypatch.setattr(Algorithm, "moe_aux_loss", gradient_only)
+    for with_value, without_value in zip(reported, run()):
+        assert with_value.keys() == without_value.keys()
+        for key in with_value:
+            assert with_value[key] == pytest.approx(without_value[key], rel=1e-4, abs=1e-5), \
+                f"{name} reports '{key}' with the balance loss in it"
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_dense_backbone_reports_no_moe_loss(name, kit):
     values = kit.algorithm(name, "dense").update(kit.minibatches())
-    assert "moe_aux_loss" not in values
+    assert not [key for key in values if key.startswith("moe_aux")]
 
 
 @pytest.mark.parametrize("name", NAMES)

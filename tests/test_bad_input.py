@@ -86,6 +86,16 @@ CASES = {
         ["--algorithm", "CORAL", "--test_envs", "0 1 2 3 4"], r"CORAL needs at least 2 training domains, got 1"),
     "SWAD window longer than the run": (["--algorithm", "SWAD", "--checkpoint_freq", "5"],
                                         r"SWAD's valley search needs n_converge=3 checkpoints.*give 2"),
+    # valid flags, but the folder holds an interrupted run of another configuration
+    "resume under other hparams": (["--hparams", '{"batch_size": 4, "lr": 0.5}'],
+                                   r"holds an interrupted run of another configuration \(hparam lr 0.001 there, "
+                                   r"0.5 here\); rerun its own command"),
+    "resume under another algorithm": (["--algorithm", "CORAL"], r"another configuration \(algorithm \"ERM\" "
+                                                                  r"there, \"CORAL\" here; hparam mmd_gamma"),
+    "resume under another test env": (["--test_envs", "1"], r"another configuration \(test_envs \[0\] there, \[1\] here\)"),
+    "resume under another seed": (["--seed", "3"], r"another configuration \(seed 0 there, 3 here\)"),
+    "resume under another trial": (["--trial_seed", "1"], r"another configuration \(trial_seed 0 there, 1 here; hparam environment_shuffle_seed"),
+    "resume with more steps": (["--steps", "8"], r"another configuration \(steps 6 there, 8 here\)"),
 }
 
 
@@ -107,6 +117,18 @@ def test_bad_flags_leave_an_interrupted_run_untouched(case, interrupted_run, cap
     assert line.startswith("error: ")
     assert __import__("re").search(message, line), line
     assert snapshot(interrupted_run) == before
+
+
+def test_a_run_resumes_when_only_how_it_runs_changed(interrupted_run, tmp_path, read_records):
+    """Flags that do not change what is computed (evaluation batch, workers, progress) may differ."""
+    import shutil
+
+    folder = tmp_path / "copy"
+    shutil.copytree(interrupted_run, folder)
+    train.main(["--dataset", "RotatedDigits", "--steps", "6", "--checkpoint_freq", "2", "--hparams",
+                '{"batch_size": 4}', "--output_dir", str(folder), "--eval_batch_size", "7", "--num_workers", "0"])
+    assert [record["step"] for record in read_records(folder)] == [0, 2, 4, 5]
+    assert (folder / "done").exists()
 
 
 def test_missing_data_names_the_download_command(tmp_path, capsys):

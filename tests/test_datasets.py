@@ -229,6 +229,38 @@ def test_rotated_digits_shapes_shares_and_rotation():
     assert (rotate_images(same_images, 15) - same_images).abs().mean() > 0.05  # rotation changes pixels
 
 
+@pytest.mark.parametrize("name", ["RotatedDigits", "ColoredDigits"])
+def test_each_trial_draws_its_own_environments_shared_by_every_algorithm_and_hparams_draw(name):
+    from domainbed.hparams_registry import resolve_hparams
+
+    def environments(algorithm, hparams_seed, trial_seed):
+        hparams = resolve_hparams(algorithm, name, hparams_seed, trial_seed, {})
+        assert hparams["environment_shuffle_seed"] == trial_seed
+        return datasets.get_dataset_class(name)("", [0], hparams).datasets
+
+    trial0 = environments("ERM", 0, 0)
+    for same_trial in (environments("Fish", 0, 0), environments("ERM", 2, 0)):  # paired within a trial
+        assert all(torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
+                   for a, b in zip(trial0, same_trial))
+    trial1 = environments("ERM", 0, 1)
+    assert sum(len(env) for env in trial1) == 1797
+    assert not torch.equal(trial0[0].images, trial1[0].images)  # another draw of the benchmark
+    seed_given = datasets.get_dataset_class(name)("", [0], {"environment_shuffle_seed": 1}).datasets
+    assert torch.equal(seed_given[2].images, trial1[2].images)
+
+
+def test_digit_image_size_hparam_builds_the_images_at_that_size():
+    ds = datasets.RotatedDigits("", [0], {"image_size": 16})
+    assert ds.input_shape == (1, 16, 16) and ds[0][0][0].shape == (1, 16, 16)
+    small, large = digits_module._digit_tensors(16)[0], digits_module._digit_tensors(32)[0]
+    assert 0 <= small.min() and small.max() <= 1
+    # the same digits: the 32 px images pooled to 16 px are close to the 16 px ones
+    assert (torch.nn.functional.avg_pool2d(large, 2) - small).abs().mean() < 0.02
+    for name, size in (("RotatedDigits", 4), ("Debug28", 32)):
+        with pytest.raises(ValueError, match="image_size"):
+            datasets.get_dataset_class(name)("", [0], {"image_size": size})
+
+
 def test_rotate_images_by_90_degrees_is_a_counter_clockwise_quarter_turn():
     image = torch.arange(16.0).reshape(1, 1, 4, 4)
     assert torch.allclose(rotate_images(image, 90), torch.rot90(image, 1, dims=(-2, -1)), atol=1e-5)

@@ -8,6 +8,7 @@ import torch.nn as nn
 from timm.layers import Mlp
 
 from domainbed.moe import SparseMoE, collect_aux_loss, routing_stats
+from domainbed.moe.experts import grouped_mm_unavailable_reason
 
 DIM, HIDDEN = 16, 64
 
@@ -55,10 +56,17 @@ def test_shapes_and_routing_record():
     assert moe.aux_loss.ndim == 0 and moe.aux_loss.requires_grad
 
 
-def test_gradients_reach_router_and_experts_and_idle_experts_get_zero_grads():
+_grouped_reason = grouped_mm_unavailable_reason(torch.zeros(1))
+IMPLEMENTATIONS = ["loop", pytest.param("grouped", marks=pytest.mark.skipif(
+    _grouped_reason is not None, reason=f"no grouped_mm on the CPU here: {_grouped_reason}"))]
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+@pytest.mark.parametrize("capacity_factor", [None, 0.5])
+def test_gradients_reach_router_and_experts_and_idle_experts_get_zero_grads(implementation, capacity_factor):
     # Linear router on positive tokens with expert 3's weights all -1: expert 3 never wins.
     moe = SparseMoE(DIM, HIDDEN, num_experts=4, top_k=1, router="linear", gate_noise=0.0,
-                    capacity_factor=None).train()
+                    capacity_factor=capacity_factor, experts_implementation=implementation).train()
     with torch.no_grad():
         moe.router.weight[3] = -1.0
     x = _tokens(2, 12).abs().requires_grad_()
@@ -68,9 +76,12 @@ def test_gradients_reach_router_and_experts_and_idle_experts_get_zero_grads():
         assert param.grad is not None, name
     assert moe.router.weight.grad.abs().sum() > 0
     assert x.grad.abs().sum() > 0
+    routing = moe.last_routing
+    served = [bool(((routing.expert_index[:, 0] == e) & ~routing.dropped[:, 0]).any()) for e in range(4)]
+    assert any(served) and not served[3]
     for grad in (moe.experts.fc1_weight.grad, moe.experts.fc2_weight.grad, moe.experts.fc1_bias.grad):
-        assert torch.count_nonzero(grad[3]) == 0
-        assert all(grad[e].abs().sum() > 0 for e in range(3))
+        for e in range(4):  # exactly zero for an expert that served no token, never garbage
+            assert (grad[e].abs().sum() > 0) == served[e]
 
 
 def test_cosine_router_parameters_get_gradients():
@@ -171,3 +182,74 @@ def test_bad_arguments_raise_clear_errors(kwargs, message):
 def test_wrong_token_width_is_a_clear_error():
     with pytest.raises(ValueError, match="last dimension 16"):
         SparseMoE(DIM, HIDDEN)(torch.randn(2, 3, 8))
+
+
+# ------------------------------------------------------------------ evaluation capacity
+def _images(seed: int = 7, n: int = 12, tokens: int = 9) -> torch.Tensor:
+    return _tokens(n, tokens, seed=seed)
+
+
+def _one_by_one(moe: SparseMoE, x: torch.Tensor) -> torch.Tensor:
+    return torch.cat([moe(x[i:i + 1]) for i in range(len(x))])
+
+
+@pytest.mark.parametrize("eval_capacity, batch_independent", [
+    ("per_image", True), ("dropless", True), ("batch", False)])
+def test_evaluation_capacity_decides_whether_an_image_depends_on_its_batch(eval_capacity, batch_independent):
+    torch.manual_seed(0)
+    moe = SparseMoE(DIM, HIDDEN, num_experts=3, top_k=1, capacity_factor=0.5, eval_capacity=eval_capacity).eval()
+    x = _images()
+    with torch.no_grad():
+        together, alone = moe(x), _one_by_one(moe, x)
+    if batch_independent:
+        torch.testing.assert_close(together, alone, rtol=1e-5, atol=1e-6)
+    else:  # the authors' batch-wide capacity: neighbours take an image's slots
+        assert not torch.allclose(together, alone, atol=1e-4)
+
+
+def test_per_image_evaluation_is_the_batch_rule_on_a_batch_of_one():
+    torch.manual_seed(0)
+    per_image = SparseMoE(DIM, HIDDEN, num_experts=3, capacity_factor=0.5, eval_capacity="per_image").eval()
+    batch = copy.deepcopy(per_image)
+    batch.eval_capacity = "batch"
+    x = _images(n=1)
+    with torch.no_grad():
+        assert torch.equal(per_image(x), batch(x))
+        per_image(_images())
+    # capacity 1 * int(0.5 * ceil(9 / 3)) = 1 per expert per image: at most 3 of 9 tokens kept each
+    kept = (~per_image.last_routing.dropped[:, 0]).reshape(12, 9).sum(1)
+    assert (kept <= 3).all() and (kept >= 1).all()
+
+
+def test_training_capacity_stays_batch_wide():
+    torch.manual_seed(0)
+    moe = SparseMoE(DIM, HIDDEN, num_experts=3, capacity_factor=0.5, gate_noise=0.0).train()
+    x = _images()
+    moe(x)
+    # C = int(0.5 * ceil(108 / 3)) = 18 per expert over the batch: 54 kept in all, unevenly across images
+    assert int((~moe.last_routing.dropped).sum()) <= 54
+    assert moe.capacity_groups((12, 9)) == 1 and moe.eval().capacity_groups((12, 9)) == 12
+
+
+# ------------------------------------------------------------------ expert implementations
+@pytest.mark.skipif(_grouped_reason is not None, reason=f"no grouped_mm on the CPU here: {_grouped_reason}")
+@pytest.mark.parametrize("capacity_factor, top_k", [(None, 1), (0.5, 1), (1.0, 2)])
+def test_grouped_and_loop_experts_agree_forward_and_backward(capacity_factor, top_k):
+    results = {}
+    for implementation in ("loop", "grouped"):
+        torch.manual_seed(0)
+        moe = SparseMoE(DIM, HIDDEN, num_experts=4, top_k=top_k, capacity_factor=capacity_factor,
+                        experts_implementation=implementation).train()
+        x = _images().requires_grad_()
+        torch.manual_seed(1)
+        out = moe(x)
+        (out.pow(2).sum() + moe.aux_loss).backward()
+        results[implementation] = (out, x.grad, *(p.grad for p in moe.parameters()))
+    for loop, grouped in zip(results["loop"], results["grouped"]):
+        assert torch.isfinite(grouped).all()
+        torch.testing.assert_close(grouped, loop, rtol=1e-4, atol=1e-5)
+
+
+def test_unknown_experts_implementation_is_a_clear_error():
+    with pytest.raises(ValueError, match="implementation"):
+        SparseMoE(DIM, HIDDEN, experts_implementation="triton")

@@ -35,7 +35,9 @@ def test_batch_priority_top1_drops_the_least_confident_tokens():
     # expert 0 serves tokens in order 4 (.95), 1 (.9), then 2 (.7) and 0 (.6) find it full.
     assert plan.dropped[:, 0].tolist() == [True, False, True, False, False, False]
     assert plan.expert_counts == [2, 2]
-    assert plan.slot_token.tolist() == [4, 1, 3, 5]  # grouped by expert, priority order inside
+    # kept pairs grouped by expert, priority order inside; then the dropped pairs
+    assert plan.slot_token.tolist() == [4, 1, 3, 5, 2, 0]
+    assert plan.slot_kept.tolist() == [True] * 4 + [False] * 2
 
 
 def test_batch_priority_top2_second_choices_queue_behind_all_first_choices():
@@ -52,7 +54,33 @@ def test_batch_priority_top2_second_choices_queue_behind_all_first_choices():
     assert plan.dropped.tolist() == [[False, True], [False, False], [False, False], [False, False]]
     assert plan.expert_counts == [3, 3, 1]
     slots = list(zip(plan.slot_token.tolist(), plan.slot_choice.tolist()))
-    assert slots == [(0, 0), (1, 1), (3, 1), (2, 0), (1, 0), (3, 0), (2, 1)]
+    assert slots == [(0, 0), (1, 1), (3, 1), (2, 0), (1, 0), (3, 0), (2, 1), (0, 1)]
+
+
+def test_capacity_per_group_ranks_tokens_within_their_own_group():
+    # 2 groups of 4 tokens, 2 experts, capacity 1 per expert per group. Group 1's tokens are all more
+    # confident than group 0's: counted over the batch they would take every slot of expert 0.
+    expert_index = torch.tensor([[0], [0], [1], [1], [0], [0], [0], [1]])
+    priority = torch.tensor([0.5, 0.6, 0.3, 0.2, 0.9, 0.8, 0.95, 0.7])
+    plan = plan_dispatch(expert_index, priority, num_experts=2, capacity=1, num_groups=2)
+    # group 0: expert 0 keeps token 1 (.6), expert 1 token 2 (.3); group 1: token 6 (.95) and 7 (.7)
+    assert plan.dropped[:, 0].tolist() == [True, False, False, True, True, True, False, False]
+    assert plan.expert_counts == [2, 2]
+    kept = plan.slot_token[:4].tolist()
+    assert sorted(kept[:2]) == [1, 6] and sorted(kept[2:]) == [2, 7]
+    # one group of 8 with the same total capacity (2) keeps only the batch's most confident tokens
+    batch = plan_dispatch(expert_index, priority, num_experts=2, capacity=2, num_groups=1)
+    assert batch.slot_token[:2].tolist() == [6, 4]
+
+
+def test_plan_makes_no_data_dependent_shapes():
+    # every tensor of the plan has a size fixed by (tokens, k, experts): nothing waits for the device
+    for capacity in (None, 1, 3):
+        expert_index = torch.randint(0, 4, (10, 2))
+        plan = plan_dispatch(expert_index, torch.rand(10), num_experts=4, capacity=capacity)
+        assert plan.slot_token.shape == plan.slot_choice.shape == plan.slot_kept.shape == (20,)
+        assert plan.expert_ends.shape == (4,) and plan.dropped.shape == (10, 2)
+        assert int(plan.slot_kept.sum()) == plan.expert_ends[-1] == 20 - int(plan.dropped.sum())
 
 
 def test_dropless_keeps_every_choice():

@@ -162,7 +162,7 @@ def test_sfmoe_records_its_losses(tmp_path, read_records):
                 "--output_dir", str(tmp_path / "moe")])
     record = read_records(tmp_path / "moe")[-1]
     assert record["hparams"]["backbone"] == "gmoe_micro_patch4_32"
-    assert record["moe_aux_loss"] > 0 and record["hparams"]["aux_loss_weight"] == 0.01
+    assert record["moe_aux_loss_per_forward"] > 0 and record["hparams"]["aux_loss_weight"] == 0.01
     # routing statistics of the training tokens since the last checkpoint, per MoE layer
     assert set(record["routing"]) == {"featurizer.blocks.2.mlp", "featurizer.blocks.4.mlp"}
     for layer in record["routing"].values():

@@ -77,9 +77,9 @@ class ARM(Algorithm):
         x = torch.cat([x for x, _ in minibatches])
         y = torch.cat([y for _, y in minibatches])
         logits = self.network(self.with_context(x, [len(x) for x, _ in minibatches]))
-        loss = F.cross_entropy(logits, y) + self.moe_aux_loss()
+        loss = F.cross_entropy(logits, y)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss + self.moe_aux_loss()).backward()
         self.optimizer.step()
         return {"loss": loss.item()}
 

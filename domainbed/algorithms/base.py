@@ -12,10 +12,13 @@ logits, made explicit in four ways:
   resumed run needs besides ``state_dict``.
 - **MoE follows the backbone.** Each training forward of a sparse MoE layer queues its balance
   loss; an algorithm adds ``self.moe_aux_loss()`` (weighted by ``aux_loss_weight``) to every loss it
-  backpropagates through the network. ``update`` is wrapped so that every forward is counted once,
-  the step's total goes into the values as ``moe_aux_loss``, and an aux loss that was computed but
-  never added is an error rather than a silently unbalanced router. The values an algorithm
-  returns (``loss``, penalties) leave the balance loss out, so they mean the same on any backbone.
+  backpropagates through the network. ``update`` is wrapped so that every forward is counted once
+  and an aux loss that was computed but never added is an error rather than a silently unbalanced
+  router. The step's values get ``moe_aux_loss_per_forward`` (the balance loss of one forward of
+  the network: per MoE layer, its mean over the step's forwards, summed over layers; comparable
+  across algorithms whatever number of forwards their step runs) and ``moe_aux_term`` (what the
+  weighted balance losses added to the step's objective). The values an algorithm returns
+  (``loss``, penalties) leave the balance loss out, so they mean the same on any backbone.
 - **Hooks** for the loop: ``after_step`` (weight averaging), ``on_checkpoint`` (e.g. SWAD's
   validation-loss valley), ``evaluation_model`` (what evaluation, model.pkl readers and the
   visualisations use: the averaged model for SWAD/SMA) and ``check_run`` (refuse a run the method
@@ -74,6 +77,18 @@ def _is_stateful_training_object(value) -> bool:
     return isinstance(value, (torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler))
 
 
+def _step_aux_values(losses: list[tuple[str, torch.Tensor]], weight: float) -> dict[str, float]:
+    """``moe_aux_loss_per_forward`` and ``moe_aux_term`` of a step from its (layer, balance loss) pairs."""
+    if not losses:
+        return {"moe_aux_loss_per_forward": 0.0, "moe_aux_term": 0.0}
+    by_layer: dict[str, list[torch.Tensor]] = {}
+    for layer, loss in losses:
+        by_layer.setdefault(layer, []).append(loss)
+    per_forward = torch.stack([torch.stack(values).mean() for values in by_layer.values()]).sum()
+    total = torch.stack([loss for _, loss in losses]).sum()
+    return {"moe_aux_loss_per_forward": per_forward.item(), "moe_aux_term": weight * total.item()}
+
+
 def _accounted(update):
     """Wrap a subclass's ``update``: count every MoE forward once and report the step's aux loss."""
 
@@ -86,14 +101,13 @@ def _accounted(update):
             values = dict(update(self, minibatches, unlabeled))
         finally:
             self._in_update = False
-        left = pop_aux_losses(self)
+        left = sum(len(losses) for losses in pop_aux_losses(self).values())
         if left:
-            raise RuntimeError(f"{type(self).__name__}.update ran {len(left)} MoE layer forward(s) whose "
+            raise RuntimeError(f"{type(self).__name__}.update ran {left} MoE layer forward(s) whose "
                                "auxiliary loss it never added; add self.moe_aux_loss() to the loss it "
                                "backpropagates")
         if self.has_moe:
-            values["moe_aux_loss"] = (torch.stack(self._step_aux_losses).sum().item()
-                                      if self._step_aux_losses else 0.0)
+            values.update(_step_aux_values(self._step_aux_losses, self.hparams.get("aux_loss_weight", 0.0)))
         return values
 
     accounted_update.__wrapped_update__ = True
@@ -117,7 +131,7 @@ class Algorithm(nn.Module):
         self.hparams = hparams
         self._training_objects: dict[str, object] = {}
         self._in_update = False
-        self._step_aux_losses: list[torch.Tensor] = []
+        self._step_aux_losses: list[tuple[str, torch.Tensor]] = []  # (layer, balance loss) of the step
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -168,8 +182,8 @@ class Algorithm(nn.Module):
         losses = pop_aux_losses(self)
         if not losses:
             return 0.0
-        total = torch.stack(losses).sum()
-        self._step_aux_losses.append(total.detach())
+        self._step_aux_losses += [(layer, loss.detach()) for layer, values in losses.items() for loss in values]
+        total = torch.stack([loss for values in losses.values() for loss in values]).sum()
         return self.hparams.get("aux_loss_weight", 0.0) * total
 
     # ------------------------------------------------------------------ declared state

@@ -123,9 +123,9 @@ class ERMPlusPlus(ERM):
         features = self.featurizer(x)
         if probing:  # the featurizer does not train: no gradient through it
             features = features.detach()
-        loss = F.cross_entropy(self.classifier(features), y) + self.moe_aux_loss()
+        loss = F.cross_entropy(self.classifier(features), y)
         self.network.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss + self.moe_aux_loss()).backward()
         (self.linear_optimizer if probing else self.optimizer).step()
         self.update_count += 1
         if int(self.update_count) >= self.SMA_START_ITER:

@@ -85,8 +85,8 @@ class Fishr(ERM):
                                                   weight_decay=self.hparams["weight_decay"])
         self.update_count += 1
 
-        objective = nll + penalty_weight * penalty + self.moe_aux_loss()
+        objective = nll + penalty_weight * penalty
         self.optimizer.zero_grad(set_to_none=True)
-        objective.backward()
+        (objective + self.moe_aux_loss()).backward()
         self.optimizer.step()
         return {"loss": objective.item(), "nll": nll.item(), "penalty": penalty.item()}

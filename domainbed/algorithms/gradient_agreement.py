@@ -51,15 +51,18 @@ def gradient_variance_penalty(domain_gradients: list[tuple[torch.Tensor, ...]]) 
 
 
 def _domain_losses_and_gradients(algorithm: ERM, minibatches, create_graph: bool = False):
-    """Each domain's loss (cross-entropy + the balance loss of its forward) and its gradient with
-    respect to every network parameter."""
+    """Each domain's cross-entropy and the gradient, with respect to every network parameter, of
+    that cross-entropy plus the balance loss of its forward (the records report the first, the
+    optimiser follows the second; ``create_graph``: both stay differentiable)."""
     params = list(algorithm.network.parameters())
-    losses, gradients = [], []
+    losses, objectives, gradients = [], [], []
     for x, y in minibatches:
-        loss = F.cross_entropy(algorithm.network(x), y) + algorithm.moe_aux_loss()
+        loss = F.cross_entropy(algorithm.network(x), y)
+        objective = loss + algorithm.moe_aux_loss()
         losses.append(loss)
-        gradients.append(torch.autograd.grad(loss, params, create_graph=create_graph))
-    return losses, gradients
+        objectives.append(objective)
+        gradients.append(torch.autograd.grad(objective, params, create_graph=create_graph))
+    return losses, objectives, gradients
 
 
 class ANDMask(ERM):
@@ -76,7 +79,7 @@ class ANDMask(ERM):
         return and_mask(gradients, self.hparams["tau"])
 
     def update(self, minibatches, unlabeled=None) -> dict:
-        losses, gradients = _domain_losses_and_gradients(self, minibatches)
+        losses, _, gradients = _domain_losses_and_gradients(self, minibatches)
         self.optimizer.zero_grad(set_to_none=True)
         for param, per_domain in zip(self.network.parameters(), zip(*gradients)):
             stacked = torch.stack(per_domain)
@@ -119,10 +122,10 @@ class IGA(ERM):
 
     def update(self, minibatches, unlabeled=None) -> dict:
         with sdpa_kernel(SDPBackend.MATH):
-            losses, gradients = _domain_losses_and_gradients(self, minibatches, create_graph=True)
+            losses, objectives, gradients = _domain_losses_and_gradients(self, minibatches, create_graph=True)
         mean_loss = torch.stack(losses).mean()
         penalty = gradient_variance_penalty(gradients)
         self.optimizer.zero_grad(set_to_none=True)
-        (mean_loss + self.hparams["penalty"] * penalty).backward()
+        (torch.stack(objectives).mean() + self.hparams["penalty"] * penalty).backward()
         self.optimizer.step()
         return {"loss": mean_loss.item(), "penalty": penalty.item()}

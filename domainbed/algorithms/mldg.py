@@ -74,15 +74,15 @@ class MLDG(ERM):
         accumulated = [torch.zeros_like(p) for p in params]
         objective = 0.0
         for (xi, yi), (xj, yj) in split_meta_train_test(minibatches, self.hparams["n_meta_test"]):
-            loss_i = F.cross_entropy(self.network(xi), yi) + self.moe_aux_loss()
-            grads_i = torch.autograd.grad(loss_i, params, allow_unused=True)
+            loss_i = F.cross_entropy(self.network(xi), yi)
+            grads_i = torch.autograd.grad(loss_i + self.moe_aux_loss(), params, allow_unused=True)
             # a parameter without gradient is one Adam would skip: it stays where it is
             inner = [p.detach() if g is None else fresh_adam_step(p.detach(), g, lr, weight_decay)
                      for p, g in zip(params, grads_i)]
             inner = [w.requires_grad_() for w in inner]
             logits_j = functional_call(self.network, dict(zip(names, inner)), (xj,))
-            loss_j = F.cross_entropy(logits_j, yj) + self.moe_aux_loss()
-            grads_j = torch.autograd.grad(loss_j, inner, allow_unused=True)
+            loss_j = F.cross_entropy(logits_j, yj)
+            grads_j = torch.autograd.grad(loss_j + self.moe_aux_loss(), inner, allow_unused=True)
             for total, g_i, g_j in zip(accumulated, grads_i, grads_j):
                 if g_i is not None:
                     total.add_(g_i, alpha=1 / len(minibatches))

@@ -63,9 +63,8 @@ class MTL(Algorithm):
         for domain, (x, y) in enumerate(minibatches):
             features = self.featurizer(x)
             loss = loss + F.cross_entropy(self.classify(features, self.domain_embedding(features, domain)), y)
-        loss = loss + self.moe_aux_loss()
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss + self.moe_aux_loss()).backward()
         self.optimizer.step()
         return {"loss": loss.item()}
 

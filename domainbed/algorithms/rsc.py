@@ -53,8 +53,8 @@ class RSC(ERM):
         keep_samples = spared_samples(confidence_drops, self.hparams["rsc_b_drop_factor"])
         mask = (keep_features | keep_samples.unsqueeze(1)).to(features.dtype)
 
-        loss = F.cross_entropy(self.classifier(features * mask), y) + self.moe_aux_loss()
+        loss = F.cross_entropy(self.classifier(features * mask), y)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss + self.moe_aux_loss()).backward()
         self.optimizer.step()
         return {"loss": loss.item()}

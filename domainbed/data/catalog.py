@@ -19,6 +19,8 @@ class DatasetInfo:
     environment_folders: tuple[str, ...] = ()  # one per environment, sorted like the environments
     n_steps: int = 5001                      # DomainBed's default training steps
     checkpoint_freq: int = 100               # DomainBed's default steps between checkpoints
+    image_size: int = 224                    # the image_size hparam's default (native size of tensor data)
+    shuffled_environments: bool = False      # environments drawn from one shuffled pool, per trial
 
 
 _DIGITS_ANGLES = ("0", "15", "30", "45", "60", "75")
@@ -36,10 +38,10 @@ SPAWRIOUS_DATASETS = tuple(f"Spawrious{kind}_{level}" for kind in ("O2O", "M2M")
                            for level in ("easy", "medium", "hard"))
 
 CATALOG: dict[str, DatasetInfo] = {info.name: info for info in (
-    DatasetInfo("Debug28", ("0", "1", "2")),
+    DatasetInfo("Debug28", ("0", "1", "2"), image_size=28),
     DatasetInfo("Debug224", ("0", "1", "2")),
-    DatasetInfo("ColoredMNIST", _COLOURS, folder="MNIST"),
-    DatasetInfo("RotatedMNIST", _DIGITS_ANGLES, folder="MNIST"),
+    DatasetInfo("ColoredMNIST", _COLOURS, folder="MNIST", image_size=28, shuffled_environments=True),
+    DatasetInfo("RotatedMNIST", _DIGITS_ANGLES, folder="MNIST", image_size=28, shuffled_environments=True),
     DatasetInfo("VLCS", ("C", "L", "S", "V"), "VLCS", ("Caltech101", "LabelMe", "SUN09", "VOC2007"),
                 checkpoint_freq=300),
     DatasetInfo("PACS", ("A", "C", "P", "S"), "PACS", ("art_painting", "cartoon", "photo", "sketch"),
@@ -54,8 +56,8 @@ CATALOG: dict[str, DatasetInfo] = {info.name: info for info in (
     DatasetInfo("WILDSCamelyon", tuple(f"hospital_{i}" for i in range(5))),
     DatasetInfo("WILDSFMoW", tuple(f"region_{i}" for i in range(6))),
     *(DatasetInfo(name, SPAWRIOUS_ENVIRONMENTS, SPAWRIOUS_FOLDER) for name in SPAWRIOUS_DATASETS),
-    DatasetInfo("RotatedDigits", _DIGITS_ANGLES),
-    DatasetInfo("ColoredDigits", _COLOURS),
+    DatasetInfo("RotatedDigits", _DIGITS_ANGLES, image_size=32, shuffled_environments=True),
+    DatasetInfo("ColoredDigits", _COLOURS, image_size=32, shuffled_environments=True),
 )}
 
 DATASETS: list[str] = list(CATALOG)

@@ -2,8 +2,9 @@
 
 Reads ``<root>/MNIST/raw/*-ubyte`` (torchvision's layout, what ``torchvision.datasets.MNIST``
 downloads) or ``<root>/raw/*-ubyte`` when ``root`` is the MNIST folder itself. The images are
-split into disjoint shares after a shuffle with a fixed seed, then rotated or coloured by the
-rules shared with the digits datasets (:mod:`.digits`).
+split into disjoint shares after a shuffle seeded by the ``environment_shuffle_seed`` hparam (the
+run's trial seed), then rotated or coloured by the rules shared with the digits datasets
+(:mod:`.digits`). The images stay 28x28: ``image_size`` is refused if it asks for another size.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import torch
 from torchvision.datasets.mnist import read_image_file, read_label_file
 
 from .base import TensorDomainDataset, TensorEnvironment
-from .digits import coloured_environments, rotated_environments
+from .digits import coloured_environments, environment_shuffle_seed, rotated_environments
 
 MNIST_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -53,7 +54,14 @@ def load_mnist(root: str, dataset_name: str) -> tuple[torch.Tensor, torch.Tensor
 
 
 class _MNISTDataset(TensorDomainDataset):
-    """The MNIST files' location check, shared by the two MNIST datasets."""
+    """The MNIST files' location check and hparams, shared by the two MNIST datasets."""
+
+    def __init__(self, root: str, test_envs: Sequence[int], hparams: dict | None = None) -> None:
+        super().__init__(root, test_envs, hparams)
+        if self.hparams.get("image_size", 28) != 28:
+            raise ValueError(f"{type(self).__name__} images are 28x28; image_size {self.hparams['image_size']} "
+                             "is not supported (leave image_size at 28)")
+        self.shuffle_seed = environment_shuffle_seed(self.hparams)
 
     @classmethod
     def check_data(cls, root: str) -> None:
@@ -68,7 +76,8 @@ class RotatedMNIST(_MNISTDataset):
         super().__init__(root, test_envs, hparams)
         images, labels = load_mnist(str(root), type(self).__name__)
         angles = [float(a) for a in self.ENVIRONMENTS]
-        self.datasets = [TensorEnvironment(x, y) for x, y in rotated_environments(images, labels, angles)]
+        self.datasets = [TensorEnvironment(x, y)
+                         for x, y in rotated_environments(images, labels, angles, self.shuffle_seed)]
         self.input_shape = (1, 28, 28)
         self.num_classes = 10
 
@@ -81,7 +90,8 @@ class ColoredMNIST(_MNISTDataset):
     def __init__(self, root: str, test_envs: Sequence[int], hparams: dict | None = None) -> None:
         super().__init__(root, test_envs, hparams)
         images, digits = load_mnist(str(root), type(self).__name__)
-        environments = coloured_environments(images, digits, self.COLOUR_FLIP_PROBS, type(self).__name__)
+        environments = coloured_environments(images, digits, self.COLOUR_FLIP_PROBS, type(self).__name__,
+                                             self.shuffle_seed)
         self.datasets = [TensorEnvironment(x, y) for x, y in environments]
         self.input_shape = (2, 28, 28)
         self.num_classes = 2

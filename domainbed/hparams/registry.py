@@ -10,14 +10,17 @@ same names give the same draws as DomainBed's for the same seeds.
 
 from __future__ import annotations
 
-from ..moe.config import AUX_LOSSES, HPARAM_FIELDS, ROUTERS, MoEConfig
+import dataclasses
+
+from ..data.catalog import CATALOG
+from ..moe.config import HPARAM_NAMES, SETTINGS, MoEConfig
 from ..seeding import seed_hash
 from .space import SMALL_IMAGES, HParamSpace
 
 __all__ = ["default_hparams", "random_hparams", "resolve_hparams", "hparam_space", "MOE_HPARAMS",
            "SMALL_IMAGES", "DOMAINBED_NAMES", "from_domainbed_names"]
 
-MOE_HPARAMS = (*HPARAM_FIELDS, "aux_loss_weight")
+MOE_HPARAMS = HPARAM_NAMES
 
 # What DomainBed's backbone flags build (its networks.py), as timm names: ``resnet18``/``resnet50``
 # are torchvision's ImageNet weights (timm's ``tv_in1k``); ``resnet50_augmix`` is timm's
@@ -68,7 +71,11 @@ def _data_and_backbone(space: HParamSpace, backbone: str) -> None:
     space.add("backbone_kwargs", {}, kind=dict)
     space.add("pretrained", not space.small_images, kind=bool)
     space.add("pretrained_file", "", kind=str)
-    space.add("image_size", 224, kind=int, low=8)
+    info = CATALOG.get(space.dataset)
+    space.add("image_size", info.image_size if info else 224, kind=int, low=8)
+    if info is not None and info.shuffled_environments:
+        # which images form which environment: the trial's own draw (set from trial_seed when resolved)
+        space.add("environment_shuffle_seed", 0, kind=int, low=0)
     space.add("drop_path_rate", 0.0 if space.small_images else 0.1, low=0.0, high=1.0)
     space.add("dropout", 0.0, lambda r: float(r.choice([0.0, 0.1, 0.5])), low=0.0, high=1.0,
               seed_name=_dropout_seed_name(space))
@@ -144,17 +151,13 @@ def from_domainbed_names(algorithm: str, dataset: str, overrides: dict) -> dict:
 
 
 def _moe(space: HParamSpace) -> None:
-    """The sparse MoE layers' settings (defaults: MoEConfig's, the paper's) and the balance loss weight."""
-    config = MoEConfig()
-    space.add("num_experts", config.num_experts, low=1)
-    space.add("top_k", config.top_k, low=1)
-    space.add("router", config.router, choices=ROUTERS)
-    space.add("capacity_factor", config.capacity_factor, nullable=True, low=0.0)
-    space.add("gate_noise", config.gate_noise, low=0.0)
-    space.add("expert_dropout", 0.0 if space.small_images else 0.1, low=0.0, high=1.0)
-    space.add("moe_blocks", config.blocks, kind=(str, list))
-    space.add("aux_loss_weight", 0.01, lambda r: float(10 ** r.uniform(-3, -1)), low=0.0)
-    assert config.aux_loss in AUX_LOSSES
+    """The sparse MoE layers' settings and the balance loss weight, as ``moe.config.SETTINGS``
+    declares them (defaults: MoEConfig's, the paper's)."""
+    for setting in SETTINGS:
+        if setting.name == "expert_dropout":  # explicit in a run: the paper's 0.1 on DeiT, none on digit ViTs
+            setting = dataclasses.replace(setting, default=0.0 if space.small_images else 0.1)
+            setting = dataclasses.replace(setting, draw=lambda r, value=setting.default: value)
+        space.declare(setting)
 
 
 def _optimisation(space: HParamSpace) -> None:
@@ -212,6 +215,8 @@ def resolve_hparams(algorithm: str, dataset: str, hparams_seed: int, trial_seed:
     features = overrides.get("features") if isinstance(overrides.get("features"), str) else None
     space = hparam_space(algorithm, dataset, overrides.get("backbone"), features)
     hparams = space.defaults() if hparams_seed == 0 else space.draws(seed_hash(hparams_seed, trial_seed))
+    if "environment_shuffle_seed" in hparams:
+        hparams["environment_shuffle_seed"] = trial_seed
     for name in DOMAINBED_ERMPP_NAMES:  # DomainBed's, read only by ERMPlusPlus: ignored elsewhere
         if name in overrides and name not in hparams:
             del overrides[name]
@@ -229,6 +234,11 @@ def resolve_hparams(algorithm: str, dataset: str, hparams_seed: int, trial_seed:
             raise ValueError(f"--hparams: {problem}")
     hparams.update(overrides)
     _check_featurizer_switches(hparams)
+    if any(name in hparams for name in HPARAM_NAMES):
+        try:
+            MoEConfig.from_hparams(hparams)  # settings that are only wrong together (top_k > num_experts)
+        except ValueError as error:
+            raise ValueError(f"--hparams: {error}") from None
     return hparams
 
 

@@ -105,6 +105,12 @@ class HParamSpace:
             rules["seed_name"] = self.specs[name].seed_name
         self.specs[name] = HParam(name, default, draw or (lambda r, value=default: value), **rules)
 
+    def declare(self, spec: HParam) -> None:
+        """Declare a ready-made ``HParam`` (e.g. one of ``moe.config.SETTINGS``)."""
+        if spec.name in self.specs:
+            raise ValueError(f"hparam '{spec.name}' is declared twice")
+        self.specs[spec.name] = spec
+
     def __contains__(self, name: str) -> bool:
         return name in self.specs
 

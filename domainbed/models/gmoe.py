@@ -11,8 +11,8 @@ about 0.3M dense parameters, so a training step at batch 96 takes a fraction of 
 It has no published weights.
 
 MoE settings come as one ``moe=MoEConfig(...)`` (what the training pipeline passes) or as loose
-keyword arguments (``num_experts``, ``top_k``, ``router``, ``capacity_factor``, ``gate_noise``,
-``expert_dropout``, ``router_dim``, ``aux_loss``, ``moe_blocks``) folded into it; all others go to
+keyword arguments named as the MoE hparams (``num_experts``, ``top_k``, ``moe_blocks``..., see
+``moe.config``) folded into it; all others go to
 timm's ``VisionTransformer``. ``timm.create_model`` drops None-valued kwargs, so a loose dropless
 setting is spelled ``capacity_factor="dropless"``; inside a ``MoEConfig`` it is plain ``None``.
 """
@@ -27,13 +27,12 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 
 from ..moe import MoEConfig, SparseMoE
-from ..moe.config import moe_config_from_kwargs
+from ..moe.config import HPARAM_NAMES, moe_config_from_kwargs
 
 __all__ = ["convert_to_moe", "resolve_moe_blocks", "MOE_KWARGS", "MOE_MODELS"]
 
-# Loose keyword arguments the gmoe_* constructors fold into their MoEConfig.
-MOE_KWARGS = ("num_experts", "top_k", "router", "capacity_factor", "gate_noise", "expert_dropout",
-              "router_dim", "aux_loss", "moe_blocks")
+# Loose keyword arguments the gmoe_* constructors fold into their MoEConfig (its hparam names).
+MOE_KWARGS = HPARAM_NAMES
 # The registered models that have sparse MoE layers (the backbones that take MoE hparams).
 MOE_MODELS: set[str] = set()
 
@@ -55,7 +54,7 @@ def convert_to_moe(model: nn.Module, moe: MoEConfig | str | Sequence[int] | None
         raise ValueError(f"convert_to_moe needs a ViT with .blocks, got {type(model).__name__}")
     if moe is not None and not isinstance(moe, MoEConfig):
         moe_kwargs["moe_blocks"], moe = moe, None
-    config = moe_config_from_kwargs(moe, moe_kwargs, MOE_KWARGS)
+    config = moe_config_from_kwargs(moe, moe_kwargs)
     if moe_kwargs:
         raise TypeError(f"unknown MoE settings: {', '.join(sorted(moe_kwargs))}")
     indices = config.block_indices(len(blocks))
@@ -91,7 +90,7 @@ default_cfgs = generate_default_cfgs({
 
 
 def _create(variant: str, pretrained: bool, sparse: bool, moe: MoEConfig | None = None, **kwargs) -> VisionTransformer:
-    config = moe_config_from_kwargs(moe, kwargs, MOE_KWARGS) if sparse else None
+    config = moe_config_from_kwargs(moe, kwargs) if sparse else None
     model = build_model_with_cfg(VisionTransformer, variant, pretrained,
                                  pretrained_filter_fn=checkpoint_filter_fn,
                                  feature_cfg=dict(out_indices=3, feature_cls="getter"), **kwargs)

@@ -15,7 +15,7 @@ _WHERE = {
     "routing_counts": "stats", "routing_shares": "stats", "routing_stats": "stats",
     "CosineRouter": "router", "LinearRouter": "router", "build_router": "router", "BatchedExperts": "experts",
     "DispatchPlan": "dispatch", "expert_capacity": "dispatch", "top_k_gating": "dispatch",
-    "plan_dispatch": "dispatch", "gather_tokens": "dispatch", "scatter_outputs": "dispatch",
+    "plan_dispatch": "dispatch", "count_per_expert": "dispatch", "gather_tokens": "dispatch", "scatter_outputs": "dispatch",
     "importance_loss": "losses", "load_loss": "losses", "importance_load_loss": "losses",
     "switch_balance_loss": "losses",
 }

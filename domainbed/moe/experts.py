@@ -10,6 +10,33 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
+IMPLEMENTATIONS = ("auto", "loop", "grouped")
+
+
+def _grouped_mm_function():
+    """PyTorch's grouped GEMM (public from 2.10 as ``F.grouped_mm``; ``torch._grouped_mm`` before)."""
+    return getattr(F, "grouped_mm", None) or getattr(torch, "_grouped_mm", None)
+
+
+def _grouped_mm(x: torch.Tensor, weight_t: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:
+    return _grouped_mm_function()(x, weight_t, offs=ends)
+
+
+def grouped_mm_unavailable_reason(x: torch.Tensor) -> str | None:
+    """Why the grouped expert path cannot run on ``x``'s device here, or None if it can."""
+    if _grouped_mm_function() is None:
+        return f"PyTorch {torch.__version__} has no grouped_mm"
+    if x.is_cuda and torch.cuda.get_device_capability(x.device) < (9, 0):
+        return "grouped_mm needs a Hopper-class GPU (compute capability 9.0) or newer"
+    return None
+
+
+def grouped_mm_supported(x: torch.Tensor, dim: int, hidden_dim: int) -> bool:
+    """Whether the grouped expert path can run on ``x``: a grouped_mm in this PyTorch, a GPU it
+    supports, and widths whose rows are 16-byte aligned (multiples of 8), as its kernels need."""
+    return grouped_mm_unavailable_reason(x) is None and dim % 8 == 0 and hidden_dim % 8 == 0
+
+
 class BatchedExperts(nn.Module):
     """E two-layer FFNs (fc1 -> act -> dropout -> fc2) stored as stacked tensors.
 
@@ -20,8 +47,12 @@ class BatchedExperts(nn.Module):
     """
 
     def __init__(self, num_experts: int, dim: int, hidden_dim: int,
-                 act_layer: Callable[[], nn.Module] = nn.GELU, dropout: float = 0.0, bias: bool = True):
+                 act_layer: Callable[[], nn.Module] = nn.GELU, dropout: float = 0.0, bias: bool = True,
+                 implementation: str = "auto"):
         super().__init__()
+        if implementation not in IMPLEMENTATIONS:
+            raise ValueError(f"unknown experts implementation {implementation!r}; use one of {', '.join(IMPLEMENTATIONS)}")
+        self.implementation = implementation
         self.num_experts, self.dim, self.hidden_dim = num_experts, dim, hidden_dim
         self.fc1_weight = nn.Parameter(torch.empty(num_experts, hidden_dim, dim))
         self.fc2_weight = nn.Parameter(torch.empty(num_experts, dim, hidden_dim))
@@ -50,28 +81,69 @@ class BatchedExperts(nn.Module):
             if bias is not None:
                 bias.copy_(dense_bias.unsqueeze(0).expand_as(bias))
 
-    def forward(self, x: torch.Tensor, expert_counts: list[int]) -> torch.Tensor:
-        """[S, D] tokens sorted by expert (``expert_counts[e]`` rows each) -> [S, D].
+    def forward(self, x: torch.Tensor, expert_ends: torch.Tensor) -> torch.Tensor:
+        """[S, D] slots, expert e's rows ending at ``expert_ends[e]`` -> [S, D]; rows past the last
+        expert's end (dropped pairs) come out as exact zeros.
 
-        One dense matmul per non-empty expert block: no padding, so the work is exactly that of
-        a dense FFN over S tokens. ``unbind`` (not indexing) keeps backward to one stacked grad.
+        ``implementation`` picks how: "grouped" runs each layer of all experts as one grouped GEMM
+        (``torch.nn.functional.grouped_mm``) with no host sync; "loop" runs one dense matmul per
+        non-empty expert block (the block sizes cost one sync); "auto" takes grouped where it is
+        fast (see ``grouped_mm_supported``) and the loop elsewhere (the CPU). Both do the work of a
+        dense FFN over the kept rows only, without padding.
         """
-        if len(expert_counts) != self.num_experts:
-            raise ValueError(f"expected {self.num_experts} expert counts, got {len(expert_counts)}")
-        w1, w2 = self.fc1_weight.unbind(0), self.fc2_weight.unbind(0)
+        if expert_ends.numel() != self.num_experts:
+            raise ValueError(f"expected {self.num_experts} expert ends, got {expert_ends.numel()}")
+        if self._use_grouped(x):
+            return self._forward_grouped(x, expert_ends)
+        return self._forward_loop(x, expert_ends)
+
+    def _use_grouped(self, x: torch.Tensor) -> bool:
+        if self.implementation == "loop":
+            return False
+        supported = grouped_mm_supported(x, self.dim, self.hidden_dim)
+        if self.implementation == "grouped" and not supported:
+            raise RuntimeError(f"grouped expert matmuls are not available here ({grouped_mm_unavailable_reason(x)}); "
+                               "use implementation='loop' or 'auto'")
+        return supported and (self.implementation == "grouped" or x.is_cuda)
+
+    def _forward_loop(self, x: torch.Tensor, expert_ends: torch.Tensor) -> torch.Tensor:
+        ends = expert_ends.tolist()  # the one host sync: block sizes for the Python loop
+        starts = [0] + ends[:-1]
+        w1, w2 = self.fc1_weight.unbind(0), self.fc2_weight.unbind(0)  # unbind: one stacked grad
         b1 = self.fc1_bias.unbind(0) if self.fc1_bias is not None else [None] * self.num_experts
         b2 = self.fc2_bias.unbind(0) if self.fc2_bias is not None else [None] * self.num_experts
         outputs = []
-        for e, block in enumerate(x.split(expert_counts)):
-            if block.shape[0] == 0:
+        for e, (start, end) in enumerate(zip(starts, ends)):
+            if end == start:
                 continue
-            h = self.act(F.linear(block, w1[e], b1[e]))
+            h = self.act(F.linear(x[start:end], w1[e], b1[e]))
             if self.drop.p > 0:
                 h = self.drop(h)
             outputs.append(F.linear(h, w2[e], b2[e]))
-        if not outputs:
-            return x.new_zeros(0, self.dim)
+        kept = ends[-1]
+        if kept < x.shape[0] or not outputs:
+            outputs.append(x.new_zeros(x.shape[0] - kept, self.dim))
         return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
+
+    def _forward_grouped(self, x: torch.Tensor, expert_ends: torch.Tensor) -> torch.Tensor:
+        dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
+        rows = torch.arange(x.shape[0], device=x.device)
+        kept = (rows < expert_ends[-1]).unsqueeze(-1)
+        # grouped GEMMs leave rows past the last end unwritten (in both directions): select them away
+        x = torch.where(kept, x, 0.0).to(dtype)
+        row_expert = torch.searchsorted(expert_ends, rows.to(expert_ends.dtype), right=True).clamp_(
+            max=self.num_experts - 1)
+        h = torch.where(kept, _grouped_mm(x, self.fc1_weight.to(dtype).transpose(-2, -1), expert_ends), 0.0)
+        if self.fc1_bias is not None:
+            h = h + self.fc1_bias.to(dtype)[row_expert]
+        h = self.act(h)
+        if self.drop.p > 0:
+            h = self.drop(h)
+        h = torch.where(kept, h, 0.0)  # stops the unwritten rows' gradient before the activation and bias
+        out = _grouped_mm(h, self.fc2_weight.to(dtype).transpose(-2, -1), expert_ends)
+        if self.fc2_bias is not None:
+            out = out + self.fc2_bias.to(dtype)[row_expert]
+        return torch.where(kept, out, 0.0)
 
     def extra_repr(self) -> str:
         return f"num_experts={self.num_experts}, dim={self.dim}, hidden_dim={self.hidden_dim}"

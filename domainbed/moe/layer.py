@@ -9,7 +9,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from .config import AUX_LOSSES, parse_capacity_factor
+from .config import MoEConfig
 from .dispatch import expert_capacity, gather_tokens, plan_dispatch, scatter_outputs, top_k_gating
 from .experts import BatchedExperts
 from .losses import importance_load_loss, switch_balance_loss
@@ -32,11 +32,16 @@ class SparseMoE(nn.Module):
 
     Each token goes to its top-k experts by router probability; its output is the gate-weighted
     sum of those experts' outputs. With ``capacity_factor`` set, each expert takes at most
-    C = k * int(capacity_factor * ceil(T / E)) token-choices of the batch, filled in
+    C = k * int(capacity_factor * ceil(T / E)) token-choices of a group of T tokens, filled in
     batch-priority order; a token all of whose choices were dropped outputs 0 (the block's
     residual carries it). ``capacity_factor=None`` (or ``"dropless"``, the spelling that survives
-    ``timm.create_model``, which drops None kwargs) is dropless: a sample's output never depends
-    on the rest of its batch.
+    ``timm.create_model``, which drops None kwargs) is dropless.
+
+    In training the group is the whole batch (the authors' rule). In evaluation ``eval_capacity``
+    decides: "per_image" (default) applies the same rule to each image's tokens on their own, so
+    an image's prediction never depends on the rest of its evaluation batch (it is exactly the
+    authors' evaluation at batch size 1); "batch" is the authors' code as it ran (predictions move
+    with ``--eval_batch_size``); "dropless" drops nothing.
 
     After each forward, ``aux_loss`` holds this layer's balancing loss and ``last_routing`` the
     routing decisions. A training forward with autograd on also queues its aux loss; a training
@@ -47,23 +52,19 @@ class SparseMoE(nn.Module):
     def __init__(self, dim: int, hidden_dim: int, num_experts: int = 6, top_k: int = 1,
                  router: str = "cosine", capacity_factor: float | str | None = 1.5, gate_noise: float = 1.0,
                  expert_dropout: float = 0.0, act_layer: Callable[[], nn.Module] = nn.GELU,
-                 router_dim: int = 256, bias: bool = True, aux_loss: str = "importance_load"):
+                 router_dim: int = 256, bias: bool = True, aux_loss: str = "importance_load",
+                 eval_capacity: str = "per_image", experts_implementation: str = "auto"):
         super().__init__()
-        if num_experts < 1:
-            raise ValueError(f"num_experts must be >= 1, got {num_experts}")
-        if not 1 <= top_k <= num_experts:
-            raise ValueError(f"top_k must be in [1, num_experts={num_experts}], got {top_k}")
-        capacity_factor = parse_capacity_factor(capacity_factor)
-        if gate_noise < 0:
-            raise ValueError(f"gate_noise must be >= 0, got {gate_noise}")
-        if aux_loss not in AUX_LOSSES:
-            raise ValueError(f"unknown aux_loss '{aux_loss}'; use one of {', '.join(AUX_LOSSES)}")
+        config = MoEConfig(num_experts=num_experts, top_k=top_k, router=router, router_dim=router_dim,
+                           capacity_factor=capacity_factor, eval_capacity=eval_capacity,
+                           gate_noise=gate_noise, expert_dropout=expert_dropout, aux_loss=aux_loss)  # validates
         self.dim, self.hidden_dim = dim, hidden_dim
         self.num_experts, self.top_k = num_experts, top_k
-        self.capacity_factor, self.gate_noise, self.aux_loss_type = capacity_factor, gate_noise, aux_loss
+        self.capacity_factor, self.gate_noise, self.aux_loss_type = config.capacity_factor, gate_noise, aux_loss
+        self.eval_capacity = eval_capacity
         self.router = build_router(router, dim, num_experts, router_dim)
         self.experts = BatchedExperts(num_experts, dim, hidden_dim, act_layer=act_layer,
-                                      dropout=expert_dropout, bias=bias)
+                                      dropout=expert_dropout, bias=bias, implementation=experts_implementation)
         self.aux_loss: torch.Tensor = torch.zeros(())
         self.pending_aux_losses: list[torch.Tensor] = []
         self.last_routing: RoutingRecord | None = None
@@ -95,7 +96,15 @@ class SparseMoE(nn.Module):
         return moe.to(device=fc1.weight.device, dtype=fc1.weight.dtype)
 
     def capacity(self, num_tokens: int) -> int | None:
+        """Slots per expert for a group of ``num_tokens`` tokens (None: dropless)."""
         return expert_capacity(num_tokens, self.num_experts, self.top_k, self.capacity_factor)
+
+    def capacity_groups(self, token_shape: tuple[int, ...]) -> int:
+        """How many equal groups the tokens' capacity is counted in: one per image in evaluation
+        with ``eval_capacity="per_image"`` (inputs [B, N, D]), else one for the whole batch."""
+        if not self.training and self.eval_capacity == "per_image" and len(token_shape) >= 2:
+            return token_shape[0]
+        return 1
 
     def route(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """[T, D] -> (clean logits, logits used for routing (noisy in training), probabilities)."""
@@ -113,9 +122,11 @@ class SparseMoE(nn.Module):
 
         clean, noisy, probs = self.route(tokens)
         expert_index, gates = top_k_gating(probs, self.top_k)
-        plan = plan_dispatch(expert_index, probs.detach().amax(dim=-1), self.num_experts,
-                             self.capacity(num_tokens))
-        expert_out = self.experts(gather_tokens(tokens, plan), plan.expert_counts)
+        groups = self.capacity_groups(token_shape)
+        dropless = not self.training and self.eval_capacity == "dropless"
+        capacity = None if dropless else self.capacity(num_tokens // groups)
+        plan = plan_dispatch(expert_index, probs.detach().amax(dim=-1), self.num_experts, capacity, groups)
+        expert_out = self.experts(gather_tokens(tokens, plan), plan.expert_ends)
         out = scatter_outputs(expert_out, gates, plan, num_tokens)
 
         if self.aux_loss_type == "switch":
@@ -138,7 +149,7 @@ class SparseMoE(nn.Module):
         return state
 
     def extra_repr(self) -> str:
-        return (f"top_k={self.top_k}, capacity_factor={self.capacity_factor}, "
+        return (f"top_k={self.top_k}, capacity_factor={self.capacity_factor}, eval_capacity={self.eval_capacity!r}, "
                 f"gate_noise={self.gate_noise}, aux_loss={self.aux_loss_type!r}")
 
 
@@ -158,11 +169,12 @@ def collect_aux_loss(module: nn.Module) -> torch.Tensor:
     return torch.stack([loss.float() for loss in losses]).sum()
 
 
-def pop_aux_losses(module: nn.Module) -> list[torch.Tensor]:
-    """The aux losses queued by every training forward of every SparseMoE in ``module`` since the
-    last pop (one per layer per forward), and empty the queues."""
-    losses = []
-    for layer in moe_layers(module).values():
-        losses += [loss.float() for loss in layer.pending_aux_losses]
-        layer.pending_aux_losses = []
+def pop_aux_losses(module: nn.Module) -> dict[str, list[torch.Tensor]]:
+    """The aux losses queued by the training forwards of each SparseMoE in ``module`` since the last
+    pop (one per forward, by layer name; layers that ran none are left out), and empty the queues."""
+    losses = {}
+    for name, layer in moe_layers(module).items():
+        if layer.pending_aux_losses:
+            losses[name] = [loss.float() for loss in layer.pending_aux_losses]
+            layer.pending_aux_losses = []
     return losses

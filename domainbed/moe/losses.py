@@ -10,6 +10,8 @@ import math
 
 import torch
 
+from .dispatch import count_per_expert
+
 _EPS = 1e-10
 
 
@@ -38,9 +40,8 @@ def load_loss(clean_logits: torch.Tensor, noisy_logits: torch.Tensor, noise_std:
     """
     clean_logits, noisy_logits = clean_logits.float(), noisy_logits.float()
     if noise_std <= 0:
-        chosen = clean_logits.topk(top_k, dim=-1).indices.reshape(-1)
-        counts = torch.bincount(chosen, minlength=clean_logits.shape[-1]).float()
-        return cv_squared(counts)
+        chosen = clean_logits.topk(top_k, dim=-1).indices
+        return cv_squared(count_per_expert(chosen, clean_logits.shape[-1]).float())
     threshold = noisy_logits.topk(top_k, dim=-1).values[:, -1:]
     z = (clean_logits - threshold) / noise_std
     prob_in_top_k = 0.5 * (1.0 + torch.erf(z / math.sqrt(2.0)))
@@ -57,6 +58,6 @@ def switch_balance_loss(probs: torch.Tensor, expert_index: torch.Tensor) -> torc
     """E * sum_e f_e * P_e (Switch / GShard): f_e the share of token-choices sent to e before
     capacity, P_e the mean router probability of e. Equals 1 when routing is uniform."""
     num_experts = probs.shape[-1]
-    counts = torch.bincount(expert_index.reshape(-1), minlength=num_experts).float()
+    counts = count_per_expert(expert_index, num_experts).float()
     share = counts / counts.sum().clamp_min(1.0)
     return num_experts * (share * probs.float().mean(dim=0)).sum()

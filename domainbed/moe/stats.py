@@ -5,13 +5,13 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from .dispatch import count_per_expert
 from .layer import RoutingRecord, moe_layers
 
 
 def routing_counts(routing: RoutingRecord) -> tuple[torch.Tensor, torch.Tensor]:
     """(token choices per expert [E], number of choices dropped) of one forward; stays on device."""
-    counts = torch.bincount(routing.expert_index.reshape(-1), minlength=routing.num_experts)
-    return counts, routing.dropped.sum()
+    return count_per_expert(routing.expert_index, routing.num_experts), routing.dropped.sum()
 
 
 def routing_shares(counts: torch.Tensor, dropped: torch.Tensor) -> dict:

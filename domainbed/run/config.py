@@ -4,6 +4,7 @@ the errors that stop it with a one-line message."""
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field
 
 from ..data.splits import split_dataset
@@ -51,6 +52,33 @@ class TrainConfig:
 
     def record_args(self) -> dict:
         return dataclasses.asdict(self)
+
+
+# The flags that decide what a run computes. A folder resumes only under the same ones (and the same
+# hparams); the others say where and how (folders, device, workers, evaluation batch, compilation,
+# logging, --deterministic's portable kernels) and may change between attempts.
+IDENTITY_ARGS = ("dataset", "algorithm", "task", "test_envs", "hparams_seed", "trial_seed", "seed", "steps",
+                 "checkpoint_freq", "holdout_fraction", "uda_holdout_fraction", "precision")
+
+
+def run_identity(config: TrainConfig, hparams: dict, n_steps: int, checkpoint_freq: int) -> dict:
+    """What a run computes, as plain JSON values (stored with the resume state)."""
+    identity = {name: getattr(config, name) for name in IDENTITY_ARGS}
+    identity.update(steps=n_steps, checkpoint_freq=checkpoint_freq, test_envs=sorted(set(config.test_envs)))
+    return json.loads(json.dumps({"args": identity, "hparams": hparams}))
+
+
+def identity_differences(saved: dict, current: dict) -> list[str]:
+    """``name: saved there, current here`` for every flag or hparam that differs."""
+    differences = []
+    for part in ("args", "hparams"):
+        before, now = saved.get(part, {}), current.get(part, {})
+        for name in sorted(set(before) | set(now)):
+            if before.get(name, "(unset)") != now.get(name, "(unset)"):
+                label = name if part == "args" else f"hparam {name}"
+                differences.append(f"{label} {json.dumps(before.get(name, '(unset)'))} there, "
+                                   f"{json.dumps(now.get(name, '(unset)'))} here")
+    return differences
 
 
 # ---------------------------------------------------------------------------------------------- setup

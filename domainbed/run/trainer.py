@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import math
 import os
 import sys
@@ -31,7 +32,8 @@ from ..data import registry as datasets_lib
 from ..data.loaders import eval_loader, train_loader
 from ..models import PretrainedWeightsError
 from ..seeding import seed_everything, seed_hash
-from .config import RunError, TrainConfig, TrainingDiverged, make_splits, resolve_hparams, validate_config
+from .config import (RunError, TrainConfig, TrainingDiverged, identity_differences, make_splits, resolve_hparams,
+                     run_identity, validate_config)
 from .contributors import Accuracies, LossValues, RoutingStatistics, Timing, validation_for
 from .distributed import DistEnv, init_distributed, pick_device, shutdown
 from .environment import describe_environment
@@ -93,6 +95,8 @@ def _run(config: TrainConfig, dist_env: DistEnv) -> dict:
         algorithm = algorithm_class(dataset.input_shape, dataset.num_classes, num_domains, hparams).to(device)
     except (ValueError, PretrainedWeightsError) as error:
         raise RunError(str(error)) from None
+    identity = run_identity(config, hparams, n_steps, checkpoint_freq)
+    resume_state = _resume_state_of_same_run(RunFolder(output_dir), identity)
 
     if dist_env.is_main:
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -101,7 +105,7 @@ def _run(config: TrainConfig, dist_env: DistEnv) -> dict:
     with folder.logging(dist_env.is_main):
         try:
             trainer = _Trainer(config, dist_env, hparams, dataset, algorithm, device, output_dir,
-                               n_steps, checkpoint_freq)
+                               n_steps, checkpoint_freq, identity, resume_state)
             return trainer.train()
         except BaseException as error:  # the console gets it from the command; err.txt keeps it too
             if dist_env.is_main:
@@ -115,10 +119,12 @@ class _Trainer:
     """The state of one run between setup and ``done``: loaders, writers, contributors, the loop."""
 
     def __init__(self, config: TrainConfig, dist_env: DistEnv, hparams: dict, dataset, algorithm: Algorithm,
-                 device: torch.device, output_dir: Path, n_steps: int, checkpoint_freq: int):
+                 device: torch.device, output_dir: Path, n_steps: int, checkpoint_freq: int, identity: dict,
+                 resume_state: dict | None):
         self.config, self.dist_env, self.hparams, self.dataset = config, dist_env, hparams, dataset
         self.algorithm, self.device, self.output_dir = algorithm, device, output_dir
         self.n_steps, self.checkpoint_freq = n_steps, checkpoint_freq
+        self.identity, self.resume_state = identity, resume_state
         self.folder = RunFolder(output_dir)
         self.autocast_dtype = torch.bfloat16 if config.precision == "bf16" else None
         self.environment = describe_environment(device)
@@ -179,11 +185,11 @@ class _Trainer:
 
     def _resume(self) -> int:
         """Restore the last checkpoint's state if there is one; the step to start from."""
-        if not self.folder.state.exists():
+        state, self.resume_state = self.resume_state, None
+        if state is None:
             if self.dist_env.is_main:
                 self.folder.results.unlink(missing_ok=True)  # records of a run that never reached its first checkpoint
             return 0
-        state = torch.load(self.folder.state, map_location="cpu", weights_only=True)
         self.algorithm.load_state_dict(state["algorithm"])
         self.algorithm.load_training_state(state["training_state"])
         rng = state["rng"]
@@ -291,8 +297,8 @@ class _Trainer:
             self._print_record(record)
             self._log_scalars(record, step)
             atomic_torch_save({"step": step, "algorithm": self.algorithm.state_dict(),
-                               "training_state": self.algorithm.training_state(), "rng": rng_states},
-                              self.folder.state)
+                               "training_state": self.algorithm.training_state(), "rng": rng_states,
+                               "identity": self.identity}, self.folder.state)
             if self.config.save_model_every_checkpoint:
                 save_model(self.folder.model_at_step(step), self.algorithm, self.config.record_args())
         else:
@@ -323,6 +329,39 @@ class _Trainer:
             self.folder.mark_done()
             self.folder.state.unlink(missing_ok=True)  # the resume state is only needed until `done`
         self.dist_env.barrier()
+
+
+def _resume_state_of_same_run(folder: RunFolder, identity: dict) -> dict | None:
+    """The folder's resume state (None if it has none), after checking that it belongs to a run of
+    this very configuration: resuming another one would mix two configurations' records (or fail
+    deep inside ``load_state_dict``). A mismatch is a RunError naming what differs; nothing in the
+    folder has been touched yet."""
+    if not folder.state.exists():
+        return None
+    try:
+        state = torch.load(folder.state, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise RunError(f"{folder.state} cannot be read ({str(error).strip().splitlines()[0]}); delete it to start "
+                       "this run afresh, or choose another --output_dir") from None
+    saved = state.get("identity")
+    if saved is None:  # written before resume states carried their identity: the records say it
+        records = folder.read_records()
+        if not records:
+            return state
+        last = records[-1]
+        saved = {"args": {name: last["args"].get(name) for name in identity["args"]},
+                 "hparams": last.get("hparams", {})}
+        saved = json.loads(json.dumps(saved))
+        saved["args"]["test_envs"] = sorted(set(saved["args"]["test_envs"] or []))
+        for name in ("steps", "checkpoint_freq"):  # records keep the flag as given (None: the default)
+            if saved["args"][name] is None:
+                saved["args"][name] = identity["args"][name]
+    differences = identity_differences(saved, identity)
+    if differences:
+        shown = "; ".join(differences[:3]) + (f"; and {len(differences) - 3} more" if len(differences) > 3 else "")
+        raise RunError(f"{folder.path} holds an interrupted run of another configuration ({shown}); rerun its own "
+                       "command to resume it, or choose another --output_dir")
+    return state
 
 
 def _rank_rng_fallback(saved: dict, config: TrainConfig, dist_env: DistEnv) -> dict:
