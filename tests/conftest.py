@@ -65,6 +65,12 @@ def fixed_minibatches(seed: int = 0, num_domains: int = NUM_DOMAINS, batch: int 
     return batches
 
 
+def as_floats(values: dict) -> dict:
+    """An update's record values as Python floats (algorithms return 0-dim tensors, read once per
+    checkpoint by the loop; the tests compare numbers)."""
+    return {key: float(value) for key, value in values.items()}
+
+
 def seed_all(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)

@@ -22,6 +22,9 @@ from domainbed.algorithms import ALGORITHMS, RunInfo, get_algorithm_class
 from domainbed.moe import SparseMoE
 from domainbed.run.rng_state import capture_rng_state, restore_rng_state
 
+from conftest import as_floats
+
+
 def batch_loss(algorithm, minibatches) -> float:
     x = torch.cat([x for x, _ in minibatches])
     y = torch.cat([y for _, y in minibatches])
@@ -63,7 +66,7 @@ def test_update_predict_and_the_loss_falls(name, backbone, kit):
     before = batch_loss(algorithm, minibatches)
     trajectory = []
     for step in range(predictor_updates(algorithm.hparams)):
-        values = algorithm.update(minibatches)
+        values = as_floats(algorithm.update(minibatches))
         algorithm.after_step(step)
         assert values and all(np.isfinite(v) for v in values.values()), values
         trajectory.append(batch_loss(algorithm, minibatches))
@@ -128,7 +131,7 @@ def test_moe_aux_loss_counts_every_training_forward_once(name, kit):
     weight = algorithm.hparams["aux_loss_weight"]
     for _ in range(3):
         forwards.clear()
-        values = algorithm.update(kit.minibatches())
+        values = as_floats(algorithm.update(kit.minibatches()))
         assert forwards, f"{name} ran no training forward through its MoE layers"
         every = [loss for losses in forwards.values() for loss in losses]
         assert values["moe_aux_term"] == pytest.approx(weight * sum(every), rel=1e-5, abs=1e-9)
@@ -149,7 +152,7 @@ def test_reported_values_leave_the_balance_loss_out(name, kit, monkeypatch):
         kit.seed_all(0)
         values = []
         for step in range(2):
-            values.append({key: value for key, value in algorithm.update(kit.minibatches()).items()
+            values.append({key: value for key, value in as_floats(algorithm.update(kit.minibatches())).items()
                            if not key.startswith("moe_aux")})
             algorithm.after_step(step)
         return values

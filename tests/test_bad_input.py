@@ -67,7 +67,9 @@ def run_cli(argv, capsys):
 
 
 CASES = {
-    "unknown dataset": (["--dataset", "Nope"], r"unknown dataset 'Nope'; known datasets: .*PACS.*RotatedDigits"),
+    "unknown dataset": (["--dataset", "Nope"], r"unknown dataset 'Nope'; known datasets: .*PACS.*RotatedDigits.*; "
+                                               r"or put your own images in \./domainbed/data/Nope/<domain>/<class>/"
+                                               r"<image> files$"),
     "unknown algorithm": (["--algorithm", "Nope"], r"unknown algorithm 'Nope'; known algorithms: ERM, .*SFMOE"),
     "test env out of range": (["--test_envs", "9"], r"9.*out of range.*0-5|9.*range"),
     "hparams not JSON": (["--hparams", "{lr: 1"], r"--hparams is not valid JSON.*example"),
@@ -76,6 +78,14 @@ CASES = {
     "unknown backbone": (["--hparams", '{"backbone": "resnet9000"}'], r"unknown backbone 'resnet9000'"),
     "pretrained weights unavailable": (["--hparams", '{"backbone": "vit_micro_patch4_32", "pretrained": true}'],
                                        r"could not load pretrained weights .*pretrained_file"),
+    "drop_path_rate on a backbone without stochastic depth": (
+        ["--hparams", '{"backbone": "ghostnet_050", "drop_path_rate": 0.1}'],
+        r"backbone 'ghostnet_050' has no stochastic depth, so drop_path_rate 0.1 cannot apply; set drop_path_rate to 0"),
+    "bad backbone_kwargs": (["--hparams", '{"backbone_kwargs": {"depth": "x"}}'],
+                            r"cannot build backbone 'vit_micro_patch4_32' with backbone_kwargs \{'depth': 'x'\}"),
+    "bad backbone_kwargs and no weights": (["--hparams", '{"backbone": "resnet18", "pretrained": true, '
+                                                         '"backbone_kwargs": {"widht": 3}}'],
+                                           r"cannot build backbone 'resnet18.tv_in1k' with backbone_kwargs .*'widht'"),
     "missing pretrained file": (["--hparams", '{"pretrained_file": "/nowhere/w.pth"}'],
                                 r"pretrained_file '/nowhere/w.pth' does not exist"),
     "hparam of the wrong type": (["--hparams", '{"lr": "fast"}'], r"lr must be a number, got 'fast'"),
@@ -86,6 +96,8 @@ CASES = {
         ["--algorithm", "CORAL", "--test_envs", "0 1 2 3 4"], r"CORAL needs at least 2 training domains, got 1"),
     "SWAD window longer than the run": (["--algorithm", "SWAD", "--checkpoint_freq", "5"],
                                         r"SWAD's valley search needs n_converge=3 checkpoints.*give 2"),
+    "no steps": (["--steps", "0"], r"--steps must be at least 1, got 0"),
+    "data_dir is a file": (["--data_dir", __file__], r"--data_dir .*test_bad_input.py is a file; give the folder"),
     # valid flags, but the folder holds an interrupted run of another configuration
     "resume under other hparams": (["--hparams", '{"batch_size": 4, "lr": 0.5}'],
                                    r"holds an interrupted run of another configuration \(hparam lr 0.001 there, "
@@ -162,7 +174,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, capsys, rea
     code, line = run_cli(["--dataset", "Debug28", "--steps", "50", "--checkpoint_freq", "1",
                           "--hparams", '{"batch_size": 4, "lr": 1e30}', "--output_dir", str(out)], capsys)
     assert code == 2
-    match = __import__("re").search(r"loss became nan at step (\d+); the last good checkpoint \(step (\d+)\)", line)
+    match = __import__("re").search(r"loss became nan or inf at step (\d+); the last good checkpoint \(step (\d+)\)", line)
     assert match, line
     failed, kept = int(match[1]), int(match[2])
     assert kept == failed - 1

@@ -172,3 +172,35 @@ def test_mlp_without_fc_layers_cannot_be_upcycled():
     with pytest.raises(ValueError, match="fc1"):
         SparseMoE.from_mlp(torch.nn.Linear(4, 4))
     assert isinstance(SparseMoE.from_mlp(Mlp(4, 8)), SparseMoE)
+
+
+# ------------------------------------------------------------------ backbone hparams reach every family
+@pytest.mark.parametrize("backbone, drop_paths", [
+    ("convnext_atto", lambda m: [b.drop_path for stage in m.stages for b in stage.blocks]),
+    ("resnet18", lambda m: [b.drop_path for layer in (m.layer1, m.layer2, m.layer3, m.layer4) for b in layer]),
+    ("vit_micro_patch4_32", lambda m: [b.drop_path1 for b in m.blocks]),
+])
+def test_drop_path_rate_reaches_every_family_with_stochastic_depth(backbone, drop_paths):
+    from domainbed.models.backbones import create_backbone
+
+    model = create_backbone((3, 32, 32), {"backbone": backbone, "drop_path_rate": 0.3})
+    rates = [getattr(layer, "drop_prob", 0.0) for layer in drop_paths(model)]
+    assert max(rates) == pytest.approx(0.3)  # linear over depth, the last block at the rate
+
+
+def test_image_size_reaches_patch_models_and_size_agnostic_ones_build():
+    from domainbed.models.backbones import create_backbone
+
+    vit = create_backbone((1, 16, 16), {"backbone": "vit_micro_patch4_32"})
+    assert vit.patch_embed.grid_size == (4, 4) and vit.pos_embed.shape[1] == 1 + 16
+    convnet = create_backbone((1, 16, 16), {"backbone": "resnet18"})  # takes any size: nothing to pass
+    assert convnet(torch.zeros(2, 1, 16, 16)).shape == (2, convnet.num_features)
+
+
+def test_drop_path_default_is_deits_only_on_deit_style_vits():
+    from domainbed.hparams_registry import resolve_hparams
+
+    rates = {backbone: resolve_hparams("ERM", "PACS", 0, 0, {"backbone": backbone})["drop_path_rate"]
+             for backbone in ("deit_small_patch16_224", "gmoe_small_patch16_224", "resnet50", "convnext_atto")}
+    assert rates == {"deit_small_patch16_224": 0.1, "gmoe_small_patch16_224": 0.1, "resnet50": 0.0,
+                     "convnext_atto": 0.0}

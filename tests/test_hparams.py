@@ -22,7 +22,8 @@ def domainbed_draw(seed: int, name: str, draw):
 
 # Every hparam checked against DomainBed's registry (domainbed/hparams_registry.py), one row each:
 # (dataset, algorithm, hparam, DomainBed's default, DomainBed's distribution for it).
-# Deliberate differences are marked; MIRO's rows follow the MIRO authors' code.
+# Deliberate differences are marked; MIRO's rows follow the MIRO authors' code. SANDMask, Transfer,
+# URM and EQRM are checked whole, block by block, in DOMAINBED_BLOCKS below.
 DOMAINBED_HPARAMS = [
     # the optimisation part and its dataset special cases
     ("PACS", "ERM", "lr", 5e-5, lambda r: 10 ** r.uniform(-5, -3.5)),
@@ -60,10 +61,6 @@ DOMAINBED_HPARAMS = [
     ("PACS", "VREx", "vrex_penalty_anneal_iters", 500, lambda r: int(10 ** r.uniform(0, 4))),
     ("PACS", "GroupDRO", "groupdro_eta", 1e-2, lambda r: 10 ** r.uniform(-3, -1)),
     ("PACS", "SD", "sd_reg", 0.1, lambda r: 10 ** r.uniform(-5, -1)),
-    ("PACS", "EQRM", "eqrm_quantile", 0.75, lambda r: r.uniform(0.5, 0.99)),
-    # ours: truncated to a step count (DomainBed draws a float; see EQRM)
-    ("PACS", "EQRM", "eqrm_burnin_iters", 2500, lambda r: int(10 ** r.uniform(2.5, 3.5))),
-    ("PACS", "EQRM", "eqrm_lr", 1e-6, lambda r: 10 ** r.uniform(-7, -5)),
     ("PACS", "RDM", "rdm_lambda", 5.0, lambda r: r.uniform(1.0, 10.0)),
     ("VLCS", "RDM", "rdm_lambda", 5.0, lambda r: r.uniform(0.1, 10.0)),
     ("DomainNet", "RDM", "rdm_lambda", 0.5, lambda r: r.uniform(0.1, 1.0)),
@@ -81,8 +78,6 @@ DOMAINBED_HPARAMS = [
     ("RotatedMNIST", "RDM", "batch_size", 64, lambda r: int(2 ** r.uniform(3, 9))),
     # gradient methods
     ("PACS", "ANDMask", "tau", 1, lambda r: r.uniform(0.5, 1.0)),
-    ("PACS", "SANDMask", "tau", 0.5, lambda r: r.uniform(0.0, 1.0)),  # ours 0.5: DomainBed's 1.0 masks everything
-    ("PACS", "SANDMask", "k", 10.0, lambda r: 10 ** r.uniform(-3, 5)),
     ("PACS", "IGA", "penalty", 1000, lambda r: 10 ** r.uniform(1, 5)),
     ("PACS", "Fishr", "lambda", 1000.0, lambda r: 10 ** r.uniform(1.0, 4.0)),
     ("PACS", "Fishr", "penalty_anneal_iters", 1500, lambda r: int(r.uniform(0.0, 5000.0))),
@@ -108,22 +103,11 @@ DOMAINBED_HPARAMS = [
     ("PACS", "DANN", "mlp_width", 256, lambda r: int(2 ** r.uniform(6, 10))),
     ("PACS", "DANN", "mlp_dropout", 0.0, lambda r: r.choice([0.0, 0.1, 0.5])),
     ("PACS", "CDANN", "lambda", 1.0, lambda r: 10 ** r.uniform(-2, 2)),
-    ("PACS", "URM", "urm_adv_lambda", 0.1, lambda r: float(r.uniform(0, 0.2))),
-    ("PACS", "URM", "urm_discriminator_lr", 5e-5, lambda r: 10 ** r.uniform(-6, -4.5)),
-    ("RotatedMNIST", "URM", "urm_discriminator_lr", 1e-3, lambda r: 10 ** r.uniform(-5.5, -3.5)),
-    ("PACS", "URM", "urm_discriminator_hidden_layers", 1, lambda r: int(r.choice([1, 2, 3]))),
-    ("PACS", "URM", "urm_generator_output", "tanh", lambda r: str(r.choice(["tanh", "relu"]))),
     # ADRMX replaces the common lr
     ("RotatedMNIST", "ADRMX", "lr", 3e-3, lambda r: r.choice([5e-4, 1e-3, 2e-3, 3e-3])),
     ("PACS", "ADRMX", "lr", 3e-5, lambda r: r.choice([2e-5, 3e-5, 4e-5, 5e-5])),
     ("PACS", "ADRMX", "mlp_depth", 9, lambda r: int(r.choice([8, 9, 10]))),
     ("PACS", "ADRMX", "d_steps_per_g_step", 2, lambda r: r.choice([2])),
-    ("PACS", "Transfer", "t_lambda", 1.0, lambda r: 10 ** r.uniform(-2, 1)),
-    ("PACS", "Transfer", "delta", 2.0, lambda r: r.uniform(0.1, 3.0)),
-    ("PACS", "Transfer", "d_steps_per_g", 10, lambda r: int(r.choice([1, 2, 5]))),
-    ("PACS", "Transfer", "gda", False, lambda r: True),
-    ("PACS", "Transfer", "lr_d", 1e-3, lambda r: 10 ** r.uniform(-4.5, -2.5)),
-    # (Transfer's beta1 and weight_decay_d are not declared on purpose: see Transfer)
     # pretrained-backbone methods
     ("PACS", "ERMPlusPlus", "linear_lr", 5e-5, lambda r: 10 ** r.uniform(-5, -3.5)),
     ("PACS", "ERMPlusPlus", "linear_steps", 500, lambda r: 500),
@@ -142,6 +126,74 @@ def test_defaults_and_draws_equal_domainbeds(dataset, algorithm, name, default, 
     for seed in (1, 7, 123456):
         drawn, expected = hparams_registry.random_hparams(algorithm, dataset, seed)[name], domainbed_draw(seed, name, draw)
         assert drawn == expected and isinstance(drawn, bool) == isinstance(expected, bool), seed
+
+
+DOMAINBED_SMALL_IMAGES = ("Debug28", "RotatedMNIST", "ColoredMNIST")
+
+
+def domainbed_block(algorithm: str, dataset: str) -> dict:
+    """DomainBed's hparams_registry.py block for ``algorithm`` written out, every key of it:
+    {name: (default, draw)}."""
+    if algorithm == "SANDMask":
+        return {"tau": (1.0, lambda r: r.uniform(0.0, 1.0)),
+                "k": (1e1, lambda r: 10 ** r.uniform(-3, 5))}
+    if algorithm == "Transfer":
+        return {"t_lambda": (1.0, lambda r: 10 ** r.uniform(-2, 1)),
+                "delta": (2.0, lambda r: r.uniform(0.1, 3.0)),
+                "d_steps_per_g": (10, lambda r: int(r.choice([1, 2, 5]))),
+                "weight_decay_d": (0.0, lambda r: 10 ** r.uniform(-6, -2)),
+                "gda": (False, lambda r: True),
+                "beta1": (0.5, lambda r: r.choice([0.0, 0.5])),
+                "lr_d": (1e-3, lambda r: 10 ** r.uniform(-4.5, -2.5))}
+    if algorithm == "EQRM":
+        return {"eqrm_quantile": (0.75, lambda r: r.uniform(0.5, 0.99)),
+                "eqrm_burnin_iters": (2500, lambda r: 10 ** r.uniform(2.5, 3.5)),
+                "eqrm_lr": (1e-6, lambda r: 10 ** r.uniform(-7, -5))}
+    if algorithm == "URM":
+        block = {"urm": ("adversarial", lambda r: str(r.choice(["adversarial"]))),
+                 "urm_adv_lambda": (0.1, lambda r: float(r.uniform(0, 0.2))),
+                 "urm_discriminator_label_smoothing": (0, lambda r: float(r.uniform(0, 0))),
+                 "urm_discriminator_optimizer": ("adam", lambda r: str(r.choice(["adam"]))),
+                 "urm_discriminator_hidden_layers": (1, lambda r: int(r.choice([1, 2, 3]))),
+                 "urm_generator_output": ("tanh", lambda r: str(r.choice(["tanh", "relu"])))}
+        if dataset in DOMAINBED_SMALL_IMAGES:
+            block["urm_discriminator_lr"] = (1e-3, lambda r: 10 ** r.uniform(-5.5, -3.5))
+        else:
+            block["urm_discriminator_lr"] = (5e-5, lambda r: 10 ** r.uniform(-6, -4.5))
+        return block
+    raise KeyError(algorithm)
+
+
+# Our deliberate differences from those blocks: (algorithm, hparam) -> our default.
+KEPT_DEFAULTS = {
+    ("SANDMask", "tau"): 0.5,  # DomainBed's 1.0 zeroes SAND-mask's mask: no training (see SANDMask)
+}
+DOMAINBED_BLOCKS = [(algorithm, dataset, name)
+                    for algorithm in ("SANDMask", "Transfer", "URM", "EQRM")
+                    for dataset in ("PACS", "RotatedMNIST")
+                    for name in domainbed_block(algorithm, dataset)]
+
+
+def _plain(value):
+    return value.item() if isinstance(value, np.generic) else value
+
+
+@pytest.mark.parametrize("algorithm, dataset", sorted({(a, d) for a, d, _ in DOMAINBED_BLOCKS}))
+def test_algorithm_blocks_have_domainbeds_keys(algorithm, dataset):
+    ours = set(hparams_registry.default_hparams(algorithm, dataset)) - set(hparams_registry.default_hparams("ERM", dataset))
+    assert ours == set(domainbed_block(algorithm, dataset))
+
+
+@pytest.mark.parametrize("algorithm, dataset, name", DOMAINBED_BLOCKS, ids=["-".join(row) for row in DOMAINBED_BLOCKS])
+def test_algorithm_blocks_have_domainbeds_defaults_draws_and_types(algorithm, dataset, name):
+    default, draw = domainbed_block(algorithm, dataset)[name]
+    default = KEPT_DEFAULTS.get((algorithm, name), default)
+    value = hparams_registry.default_hparams(algorithm, dataset)[name]
+    assert value == default and type(value) is type(default)
+    for seed in (1, 7, 123456):
+        drawn = hparams_registry.random_hparams(algorithm, dataset, seed)[name]
+        expected = _plain(domainbed_draw(seed, name, draw))
+        assert drawn == expected and type(drawn) is type(expected), seed
 
 
 def test_defaults_follow_domainbed_and_the_seed_readme():

@@ -41,7 +41,7 @@ def write_records(folder: Path) -> None:
      ["5580 jobs: 0 done, 0 incomplete, 5580 not launched", "PACS           SFMOE         0           0           600"]),
     ("domainbed.scripts.list_top_hparams", ["list_top_hparams", "--input_dir", "{sweep}", "--dataset", "PACS",
                                             "--algorithm", "ERM", "--test_env", "0"],
-     ["{'val_acc': 0.5, 'test_acc': 0.5}", "{sweep}/run"]),
+     ["{'val_acc': 0.5, 'test_acc': 0.5, 'step': 0}", "{sweep}/run"]),
 ])
 def test_record_and_status_commands_import_neither_torch_nor_timm(module, argv, expected, tmp_path):
     write_records(tmp_path / "sweep" / "run")

@@ -44,3 +44,29 @@ def test_augmentation_is_reproducible_without_touching_global_rng():
     c, _ = noisy[(1, 124)]
     assert torch.equal(a, b) and not torch.equal(a, c)
     assert torch.equal(before, torch.get_rng_state())
+
+
+def test_augmentation_seeds_never_touch_a_cuda_generator(monkeypatch):
+    """On a GPU, reseeding CUDA from each example's augmentation seed would reseed dropout, drop-path and
+    router noise at every step (and give every rank the same noise): only the CPU generator is seeded.
+    torch.manual_seed reaches CUDA through torch.cuda.manual_seed_all, which is counted here on any machine."""
+    seeded = []
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", lambda seed: seeded.append(seed))
+    monkeypatch.setattr(torch.cuda, "manual_seed", lambda seed: seeded.append(seed))
+    data = TensorDataset(torch.zeros(12, 2), torch.zeros(12, dtype=torch.long))
+    batches = train_loader(data, lambda x: x + torch.rand(2), batch_size=4, seed=3)
+    for _ in range(4):
+        next(batches)
+    assert seeded == []
+
+
+def test_every_epoch_visits_every_example_exactly_once_in_a_new_order():
+    """Our documented choice (DomainBed's InfiniteDataLoader samples with replacement): batches are
+    consecutive slices of per-epoch permutations, epochs running across batch boundaries."""
+    n, batch_size, epochs = 7, 3, 5
+    sampler = StepBatchSampler(n=n, batch_size=batch_size, seed=4)
+    stream = [i for step in range(n * epochs // batch_size + 1) for i, _ in sampler.batch(step)]
+    orders = [stream[e * n:(e + 1) * n] for e in range(epochs)]
+    for order in orders:
+        assert sorted(order) == list(range(n))
+    assert len({tuple(order) for order in orders}) > 1  # reshuffled each epoch

@@ -57,3 +57,22 @@ def test_the_share_maps_show_the_run_of_median_class_nmi():
         return RunSpecialisation(name, 0, 0, usage)
     runs = [run("peaked", [[10, 0], [0, 10]]), run("flat", [[5, 5], [5, 5]]), run("middle", [[8, 2], [2, 8]])]
     assert representative_run(runs).run_dir == "middle"
+
+
+ROWS = {"SFMOE (gmoe_micro_patch4_32)", "ERM (vit_micro_patch4_32)", "ERM (vit_micro_wide_patch4_32)", "Fish"}
+
+
+@pytest.mark.parametrize("asked, row", [
+    ("SFMOE", "SFMOE (gmoe_micro_patch4_32)"),          # the algorithm's one row
+    ("ERM (vit_micro_patch4_32)", "ERM (vit_micro_patch4_32)"),  # a row label as the tables print it
+    ("Fish", "Fish"),
+    ("MIRO", None),                                      # not there: the command lists the rows
+])
+def test_routing_analysis_takes_an_algorithm_name_or_a_row_label(asked, row):
+    assert routing_analysis.table_row(asked, ROWS) == row
+
+
+def test_an_algorithm_on_several_backbones_needs_its_row_named():
+    with pytest.raises(ValueError, match=r"ERM ran on several backbones here; name the row: ERM \(vit_micro_patch4_32\), "
+                                         r"ERM \(vit_micro_wide_patch4_32\)"):
+        routing_analysis.table_row("ERM", ROWS)

@@ -138,7 +138,7 @@ class ADRMX(Algorithm):
             self.disc_opt.zero_grad(set_to_none=True)
             (disc_loss + self.moe_aux_loss()).backward()
             self.disc_opt.step()
-            return {"loss_disc": disc_loss.item()}
+            return {"loss_disc": disc_loss.detach()}
 
         hp = self.hparams
         disc_loss = F.cross_entropy(self.discriminator(invariant), domains)
@@ -157,8 +157,8 @@ class ADRMX(Algorithm):
         self.gen_opt.zero_grad(set_to_none=True)
         (total + self.moe_aux_loss()).backward()
         self.gen_opt.step()
-        return {"loss_total": total.item(), "loss_disc": disc_loss.item(),
-                **{name: value.item() for name, value in losses.items()}}
+        return {"loss_total": total.detach(), "loss_disc": disc_loss.detach(),
+                **{name: value.detach() for name, value in losses.items()}}
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         return self.network(x)

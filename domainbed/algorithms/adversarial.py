@@ -125,13 +125,13 @@ class AbstractDANN(Algorithm):
             self.disc_opt.zero_grad(set_to_none=True)
             (disc_loss + self.moe_aux_loss()).backward()
             self.disc_opt.step()
-            return {"disc_loss": disc_loss.item()}
+            return {"disc_loss": disc_loss.detach()}
         disc_loss = self.discriminator_loss(features, y, domains)
         gen_loss = F.cross_entropy(self.classifier(features), y) - self.hparams["lambda"] * disc_loss
         self.gen_opt.zero_grad(set_to_none=True)
         (gen_loss + self.moe_aux_loss()).backward()
         self.gen_opt.step()
-        return {"gen_loss": gen_loss.item()}
+        return {"gen_loss": gen_loss.detach()}
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         return self.network(x)

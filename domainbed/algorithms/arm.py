@@ -81,7 +81,7 @@ class ARM(Algorithm):
         self.optimizer.zero_grad(set_to_none=True)
         (loss + self.moe_aux_loss()).backward()
         self.optimizer.step()
-        return {"loss": loss.item()}
+        return {"loss": loss.detach()}
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         support_size = self.support_size if len(x) % self.support_size == 0 else len(x)

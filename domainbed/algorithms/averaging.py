@@ -22,6 +22,7 @@ averaging costs a small fraction of a training step (BENCHMARKS.md).
 from __future__ import annotations
 
 import copy
+import sys
 from collections import deque
 
 import torch
@@ -173,9 +174,16 @@ class SWAD(ERM):
         self.segment.n_averaged.zero_()  # the next update starts a new segment
         if not bool(self.valley_ended):
             self._add_segment(checkpoint.step, loss)
+        values = {"swad_segment_loss": loss, "swad_averaged": int(self.swad_network.n_averaged)}
         if checkpoint.is_last:
             self._finish_valley()
-        return {"swad_segment_loss": loss, "swad_averaged": int(self.swad_network.n_averaged)}
+            values.update(swad_averaged=int(self.swad_network.n_averaged), swad_valley_found=self.converged)
+            if not self.converged:  # what model.pkl holds is then not SWAD's average: say so
+                print(f"warning: SWAD found no validation-loss valley (the lowest of {self.hparams['n_converge']} "
+                      "consecutive checkpoints never came first); the model is the average of the last checkpoint "
+                      "interval only, not SWAD's; train longer, checkpoint more often or lower n_converge",
+                      file=sys.stderr)
+        return values
 
     def _add_segment(self, step: int, loss: float) -> None:
         hp = self.hparams

@@ -77,7 +77,7 @@ def _is_stateful_training_object(value) -> bool:
     return isinstance(value, (torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler))
 
 
-def _step_aux_values(losses: list[tuple[str, torch.Tensor]], weight: float) -> dict[str, float]:
+def _step_aux_values(losses: list[tuple[str, torch.Tensor]], weight: float) -> dict[str, torch.Tensor | float]:
     """``moe_aux_loss_per_forward`` and ``moe_aux_term`` of a step from its (layer, balance loss) pairs."""
     if not losses:
         return {"moe_aux_loss_per_forward": 0.0, "moe_aux_term": 0.0}
@@ -86,7 +86,7 @@ def _step_aux_values(losses: list[tuple[str, torch.Tensor]], weight: float) -> d
         by_layer.setdefault(layer, []).append(loss)
     per_forward = torch.stack([torch.stack(values).mean() for values in by_layer.values()]).sum()
     total = torch.stack([loss for _, loss in losses]).sum()
-    return {"moe_aux_loss_per_forward": per_forward.item(), "moe_aux_term": weight * total.item()}
+    return {"moe_aux_loss_per_forward": per_forward.detach(), "moe_aux_term": weight * total.detach()}
 
 
 def _accounted(update):
@@ -165,7 +165,9 @@ class Algorithm(nn.Module):
 
     # ------------------------------------------------------------------ training and prediction
     def update(self, minibatches: Minibatches, unlabeled: list[torch.Tensor] | None = None) -> dict:
-        """One training step on one ``(x, y)`` minibatch per training domain; returns record values."""
+        """One training step on one ``(x, y)`` minibatch per training domain; returns record values:
+        0-dim tensors, detached (the loop reads them once per checkpoint, so a GPU step never waits
+        for the host), or Python floats."""
         raise NotImplementedError
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:

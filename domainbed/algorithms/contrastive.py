@@ -100,11 +100,11 @@ class SelfReg(ERM):
         first, second = same_class_partners(y)
         classification = F.cross_entropy(logits, y)
         regularizer = selfreg_regularizer(logits, features, projections, first, second, lam)
-        loss = classification + min(classification.item(), 1.0) * regularizer
+        loss = classification + classification.detach().clamp(max=1.0) * regularizer
         self.optimizer.zero_grad(set_to_none=True)
         (loss + self.moe_aux_loss()).backward()
         self.optimizer.step()
-        return {"loss": loss.item()}
+        return {"loss": loss.detach()}
 
 
 def contrastive_bottleneck_loss(z: torch.Tensor, y: torch.Tensor, domains: torch.Tensor, temperature: float,
@@ -192,7 +192,7 @@ class AbstractCAD(ERM):
         self.optimizer.zero_grad(set_to_none=True)
         (total_loss + self.moe_aux_loss()).backward()
         self.optimizer.step()
-        return {"clf_loss": clf_loss.item(), "bn_loss": bn_loss.item(), "total_loss": total_loss.item()}
+        return {"clf_loss": clf_loss.detach(), "bn_loss": bn_loss.detach(), "total_loss": total_loss.detach()}
 
 
 class CAD(AbstractCAD):

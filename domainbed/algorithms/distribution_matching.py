@@ -65,7 +65,7 @@ class AbstractMMD(ERM):
         self.optimizer.zero_grad(set_to_none=True)
         (objective + self.hparams["mmd_gamma"] * penalty + self.moe_aux_loss()).backward()
         self.optimizer.step()
-        return {"loss": objective.item(), "penalty": penalty.item() if torch.is_tensor(penalty) else penalty}
+        return {"loss": objective.detach(), "penalty": penalty.detach() if torch.is_tensor(penalty) else penalty}
 
 
 class MMD(AbstractMMD):

@@ -134,7 +134,7 @@ class ERMPlusPlus(ERM):
             self.network_sma.reset(self.network)
         if not self.hparams.get("freeze_bn", False):  # frozen: the featurizer's BatchNorm stays as it is
             _refresh_batchnorm_statistics(self.network_sma.module, x)
-        return {"loss": loss.item()}
+        return {"loss": loss.detach()}
 
     def on_checkpoint(self, checkpoint: Checkpoint) -> dict:
         values = {}

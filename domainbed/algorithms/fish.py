@@ -18,6 +18,10 @@ from .base import Algorithm
 
 
 class Fish(Algorithm):
+    """The recorded ``loss`` is the mean over domains of the inner cross-entropies (each taken by the
+    copy just before its step on that domain), not DomainBed's last domain's: a mean does not depend
+    on which domain comes last and is on the scale of ERM's pooled loss, so runs of different
+    methods compare. A DomainBed Fish log's ``loss`` is therefore not the same quantity."""
 
     @classmethod
     def define_hparams(cls, space) -> None:
@@ -41,11 +45,11 @@ class Fish(Algorithm):
             self.optimizer_inner.zero_grad(set_to_none=True)
             (loss + self.moe_aux_loss()).backward()
             self.optimizer_inner.step()
-            losses.append(loss.item())
+            losses.append(loss.detach())
         with torch.no_grad():  # meta step: network += meta_lr * (inner - network)
             outer, inner = _float_tensors(self.network), _float_tensors(self.network_inner)
             torch._foreach_lerp_(outer, inner, self.hparams["meta_lr"])
-        return {"loss": sum(losses) / len(losses)}
+        return {"loss": torch.stack(losses).mean()}
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         return self.network(x)

@@ -89,4 +89,4 @@ class Fishr(ERM):
         self.optimizer.zero_grad(set_to_none=True)
         (objective + self.moe_aux_loss()).backward()
         self.optimizer.step()
-        return {"loss": objective.item(), "nll": nll.item(), "penalty": penalty.item()}
+        return {"loss": objective.detach(), "nll": nll.detach(), "penalty": penalty.detach()}

@@ -85,16 +85,18 @@ class ANDMask(ERM):
             stacked = torch.stack(per_domain)
             param.grad = masked_mean_gradient(stacked, self.mask(stacked))
         self.optimizer.step()
-        return {"loss": sum(loss.item() for loss in losses) / len(losses)}
+        return {"loss": sum(loss.detach() for loss in losses) / len(losses)}
 
 
 class SANDMask(ANDMask):
     """AND-mask with a smooth mask: ``tanh`` of the sign agreement above ``tau``, sharpened by ``k``
     and by how little the gradient magnitudes vary across domains.
 
-    The default ``tau`` is 0.5, not DomainBed's 1.0: with ``tau = 1`` no sign agreement exceeds
-    ``tau``, the mask is 0 everywhere and a default run never trains. 0.5 is the middle of the
-    random-search range, whose draws are DomainBed's (uniform in [0, 1]).
+    The default ``tau`` is 0.5, not DomainBed's 1.0. DomainBed's own mask,
+    ``max(0, tanh(k (|mean sign| - tau) / var))``, has an argument <= 0 everywhere when ``tau = 1``
+    (``|mean sign| <= 1``), so it is 0 (1e-17 where every domain's gradient is the same): the step is
+    zero and a default DomainBed run never trains. 0.5 is the middle of the random-search range; the
+    draws and ``k`` are DomainBed's.
     """
 
     @classmethod
@@ -128,4 +130,4 @@ class IGA(ERM):
         self.optimizer.zero_grad(set_to_none=True)
         (torch.stack(objectives).mean() + self.hparams["penalty"] * penalty).backward()
         self.optimizer.step()
-        return {"loss": mean_loss.item(), "penalty": penalty.item()}
+        return {"loss": mean_loss.detach(), "penalty": penalty.detach()}

@@ -88,7 +88,7 @@ class _PenalisedERM(ERM):
         for penalty in self.penalties:
             value = sum(penalty.per_domain(*domain) for domain in domains) / len(domains)
             loss = loss + (hp[penalty.weight] if step >= hp[penalty.anneal_iters] else penalty.before) * value
-            values[penalty.record] = value.item()
+            values[penalty.record] = value.detach()
         if any(step == hp[penalty.anneal_iters] for penalty in self.penalties):
             self.optimizer = torch.optim.Adam(self.network.parameters(), lr=hp["lr"],
                                               weight_decay=hp["weight_decay"])
@@ -96,7 +96,7 @@ class _PenalisedERM(ERM):
         (loss + self.moe_aux_loss()).backward()
         self.optimizer.step()
         self.update_count += 1
-        return {"loss": loss.item(), "nll": nll.item(), **values}
+        return {"loss": loss.detach(), "nll": nll.detach(), **values}
 
 
 class IRM(_PenalisedERM):

@@ -13,7 +13,13 @@ Intermediate features come from timm's ``forward_intermediates``, in the same fo
 logits. Layers: on a ViT (GMoE included) the outputs of the blocks ending each quarter of the
 depth (blocks 2, 5, 8, 11 of 12, as MIRO's CLIP-ViT "block" layers); on a ResNet (and other
 hierarchical CNNs) the stem and every stage (MIRO's "stem_block" default; timm's stem feature is
-taken before the max-pool). Features are NCHW, so the variance is per channel.
+taken before the max-pool). The variance is per channel.
+
+A ViT block's feature is its whole output, the class (and any other prefix) token included, as in
+MIRO's code, which hooks CLIP-ViT's residual blocks and regularises their full ``[HW + 1, B, C]``
+output. The class token is what a token-pooled ViT's head reads, so leaving it out would leave the
+features the classifier sees unregularised. It is laid out channels-first, ``(B, C, tokens, 1)``,
+so one per-channel variance serves ViTs and CNN feature maps alike.
 """
 
 from __future__ import annotations
@@ -50,6 +56,22 @@ def feature_layers(featurizer: nn.Module) -> list[int]:
     return list(range(len(featurizer.feature_info)))
 
 
+def intermediate_features(featurizer: nn.Module, x: torch.Tensor, layers: list[int]):
+    """``(final, features)`` of ``forward_intermediates``, the features channels-first; a ViT's are
+    its blocks' full outputs (prefix tokens first, as in the block) laid out ``(B, C, tokens, 1)``."""
+    if not isinstance(featurizer, VisionTransformer):
+        return featurizer.forward_intermediates(x, indices=layers)
+    final, outputs = featurizer.forward_intermediates(x, indices=layers, output_fmt="NLC",
+                                                      return_prefix_tokens=True)
+    features = []
+    for output in outputs:
+        if isinstance(output, tuple):  # (patch tokens, prefix tokens)
+            patches, prefix = output
+            output = torch.cat([prefix, patches], dim=1)
+        features.append(output.transpose(1, 2).unsqueeze(-1))
+    return final, features
+
+
 class _FrozenFeaturizer(nn.Module):
     """A copy of the featurizer that never trains: no gradients, always in eval mode (no dropout,
     drop-path or router noise in the regression targets)."""
@@ -63,12 +85,12 @@ class _FrozenFeaturizer(nn.Module):
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor, layers: list[int]) -> list[torch.Tensor]:
-        return self.module.forward_intermediates(x, indices=layers, intermediates_only=True)
+        return intermediate_features(self.module, x, layers)[1]
 
 
 class _VarianceEncoder(nn.Module):
-    """A learned per-channel variance ``softplus(b) + eps`` of NCHW features, ``VARIANCE_INIT`` at
-    the start (MIRO's bias-only encoder)."""
+    """A learned per-channel variance ``softplus(b) + eps`` of channels-first features,
+    ``VARIANCE_INIT`` at the start (MIRO's bias-only encoder)."""
 
     def __init__(self, channels: int):
         super().__init__()
@@ -120,7 +142,7 @@ class MIRO(ERM):
     def update(self, minibatches, unlabeled=None) -> dict:
         x = torch.cat([x for x, _ in minibatches])
         y = torch.cat([y for _, y in minibatches])
-        final, features = self.featurizer.forward_intermediates(x, indices=self.layers)
+        final, features = intermediate_features(self.featurizer, x, self.layers)
         loss = F.cross_entropy(self.classifier(self.featurizer.forward_head(final)), y)
         penalty = miro_penalty(features, self.pre_featurizer(x, self.layers),
                                [encoder() for encoder in self.var_encoders])
@@ -128,4 +150,4 @@ class MIRO(ERM):
         self.optimizer.zero_grad(set_to_none=True)
         (loss + self.moe_aux_loss()).backward()
         self.optimizer.step()
-        return {"loss": loss.item(), "reg_loss": penalty.item()}
+        return {"loss": loss.detach(), "reg_loss": penalty.detach()}

@@ -57,4 +57,4 @@ class Mixup(ERM):
         self.optimizer.zero_grad(set_to_none=True)
         (objective + self.moe_aux_loss()).backward()
         self.optimizer.step()
-        return {"loss": objective.item()}
+        return {"loss": objective.detach()}

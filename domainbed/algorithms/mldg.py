@@ -88,7 +88,7 @@ class MLDG(ERM):
                     total.add_(g_i, alpha=1 / len(minibatches))
                 if g_j is not None:
                     total.add_(g_j, alpha=beta / len(minibatches))
-            objective += loss_i.item() + beta * loss_j.item()
+            objective = objective + loss_i.detach() + beta * loss_j.detach()
 
         self.optimizer.zero_grad(set_to_none=True)
         for param, total in zip(params, accumulated):

@@ -66,7 +66,7 @@ class MTL(Algorithm):
         self.optimizer.zero_grad(set_to_none=True)
         (loss + self.moe_aux_loss()).backward()
         self.optimizer.step()
-        return {"loss": loss.item()}
+        return {"loss": loss.detach()}
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         features = self.featurizer(x)

@@ -71,7 +71,7 @@ class VREx(ERM):
         (loss + self.moe_aux_loss()).backward()
         self.optimizer.step()
         self.update_count += 1
-        return {"loss": loss.item(), "nll": mean.item(), "penalty": penalty.item()}
+        return {"loss": loss.detach(), "nll": mean.detach(), "penalty": penalty.detach()}
 
 
 def kde_cdf(x: float, centres: list[float], bandwidth: float) -> float:
@@ -110,10 +110,12 @@ class EQRM(ERM):
     then the ``eqrm_quantile``-quantile of the domain risks (``kde_quantile``) with a fresh Adam at
     learning rate ``eqrm_lr``. Each domain has its own forward, as in DomainBed.
 
-    Unlike DomainBed, whose random ``eqrm_burnin_iters`` is a float (so that the step counter never
-    equals it and the Adam reset never happens in random sweeps), the draw is truncated to an int.
-    DomainBed's estimator also reads q < 0 as log(1 - q), for quantiles very close to 1; that is
-    left out, ``eqrm_quantile`` being drawn from [0.5, 0.99].
+    ``eqrm_burnin_iters`` is drawn as DomainBed draws it, a float (``10 ** uniform(2.5, 3.5)``), so
+    records and burn-in lengths are DomainBed's. DomainBed resets Adam when the step counter equals
+    it, which a non-integer never does, so its random sweeps never switch to ``eqrm_lr``; here the
+    reset comes at the first quantile step, ``ceil(eqrm_burnin_iters)`` (the same step for an
+    integer). DomainBed's estimator also reads q < 0 as log(1 - q), for quantiles very close to 1;
+    that is left out, ``eqrm_quantile`` being drawn from [0.5, 0.99].
     """
 
     min_train_domains = 2
@@ -121,7 +123,7 @@ class EQRM(ERM):
     @classmethod
     def define_hparams(cls, space) -> None:
         space.add("eqrm_quantile", 0.75, lambda r: float(r.uniform(0.5, 0.99)), low=0.001, high=0.999)
-        space.add("eqrm_burnin_iters", 2500, lambda r: int(10 ** r.uniform(2.5, 3.5)), low=0)
+        space.add("eqrm_burnin_iters", 2500, lambda r: 10 ** r.uniform(2.5, 3.5), kind=(int, float), low=0)
         space.add("eqrm_lr", 1e-6, lambda r: float(10 ** r.uniform(-7, -5)), low=0.0)
 
     def __init__(self, input_shape, num_classes, num_domains, hparams):
@@ -131,17 +133,18 @@ class EQRM(ERM):
     def update(self, minibatches, unlabeled=None) -> dict:
         step, hp = int(self.update_count), self.hparams
         risks = torch.stack([F.cross_entropy(self.network(x), y) for x, y in minibatches])
-        if step < hp["eqrm_burnin_iters"]:
+        burnin = hp["eqrm_burnin_iters"]
+        if step < burnin:
             loss = risks.mean()
         else:
             loss = kde_quantile(risks, hp["eqrm_quantile"])
-        if step == hp["eqrm_burnin_iters"]:
+        if step == math.ceil(burnin):  # the first quantile step (a float burn-in included)
             self.optimizer = _fresh_adam(self.network, hp["eqrm_lr"], hp["weight_decay"])
         self.optimizer.zero_grad(set_to_none=True)
         (loss + self.moe_aux_loss()).backward()
         self.optimizer.step()
         self.update_count += 1
-        return {"loss": loss.item()}
+        return {"loss": loss.detach()}
 
 
 def rdm_mmd(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -207,5 +210,5 @@ class RDM(ERM):
         (total + self.moe_aux_loss()).backward()
         self.optimizer.step()
         self.update_count += 1
-        return {"total_loss": total.item(), "erm_loss": erm_loss.item(),
-                "matching_penalty": matching.item(), "variance_penalty": variance.item()}
+        return {"total_loss": total.detach(), "erm_loss": erm_loss.detach(),
+                "matching_penalty": matching.detach(), "variance_penalty": variance.detach()}

@@ -105,7 +105,7 @@ class SagNet(Algorithm):
         (loss_adv + self.moe_aux_loss()).backward()
         self.optimizer_f.step()
 
-        return {"loss_c": loss_c.item(), "loss_s": loss_s.item(), "loss_adv": loss_adv.item()}
+        return {"loss_c": loss_c.detach(), "loss_s": loss_s.detach(), "loss_adv": loss_adv.detach()}
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         return self.network(x)

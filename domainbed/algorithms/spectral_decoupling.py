@@ -32,4 +32,4 @@ class SD(ERM):
         self.optimizer.zero_grad(set_to_none=True)
         (loss + self.hparams["sd_reg"] * penalty + self.moe_aux_loss()).backward()
         self.optimizer.step()
-        return {"loss": loss.item(), "penalty": penalty.item()}
+        return {"loss": loss.detach(), "penalty": penalty.detach()}

@@ -48,7 +48,8 @@ class Transfer(Algorithm):
     featurizer's and classifier's, so with ``gda`` true (which every random hparam draw sets) the
     featurizer and classifier are never updated and the method predicts with its initial network.
     We implement the evident intent: SGD at ``lr``, without weight decay, on the featurizer and
-    classifier. DomainBed's ``beta1`` and ``weight_decay_d`` are not declared: its Transfer never
+    classifier. ``weight_decay_d`` and ``beta1`` are declared with DomainBed's defaults and draws so
+    that records and ``--hparams`` carry DomainBed's keys; like DomainBed's Transfer, this one never
     reads them.
     """
 
@@ -59,7 +60,9 @@ class Transfer(Algorithm):
         space.add("t_lambda", 1.0, lambda r: 10 ** r.uniform(-2, 1), low=0.0)
         space.add("delta", 2.0, lambda r: r.uniform(0.1, 3.0), low=0.0)
         space.add("d_steps_per_g", 10, lambda r: int(r.choice([1, 2, 5])), low=1)
+        space.add("weight_decay_d", 0.0, lambda r: 10 ** r.uniform(-6, -2), low=0.0)  # unused, as DomainBed's
         space.add("gda", False, lambda r: True)
+        space.add("beta1", 0.5, lambda r: float(r.choice([0.0, 0.5])), low=0.0, high=1.0)  # unused, as DomainBed's
         space.add("lr_d", 1e-3, lambda r: 10 ** r.uniform(-4.5, -2.5), low=0.0)
 
     def __init__(self, input_shape, num_classes, num_domains, hparams):
@@ -106,7 +109,7 @@ class Transfer(Algorithm):
             (-gap + self.moe_aux_loss()).backward()
             self.adv_opt.step()
             project_to_ball(self.adv_classifier, self.classifier, self.hparams["delta"])
-        return {"loss": loss.item(), "gap": gap.item()}
+        return {"loss": loss.detach(), "gap": gap.detach()}
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         return self.network(x)

@@ -136,4 +136,4 @@ class TRM(ERM):
         (nll + trm_loss + self.moe_aux_loss()).backward()
         self.optimizer.step()
         self.update_count += 1
-        return {"nll": nll.item(), "trm_loss": trm_loss.item()}
+        return {"nll": nll.detach(), "trm_loss": trm_loss.detach()}

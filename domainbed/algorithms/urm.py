@@ -10,8 +10,8 @@ DomainBed replaces its featurizers' final activation with that activation. timm 
 no such slot, so here it is a module of the algorithm, ``generator_output``, applied to the
 featurizer's output: ``network`` is featurizer -> generator_output -> classifier, and predictions
 go through it too, as DomainBed's. DomainBed's ``identity`` output is not offered (its noise range
-is undefined and DomainBed's URM raises on it), nor its ``urm`` hparam (its only value,
-``adversarial``, is this method).
+is undefined and DomainBed's URM raises on it). The ``urm`` hparam is declared with its only value,
+``adversarial`` (this method), so that records and ``--hparams`` carry DomainBed's keys.
 """
 
 from __future__ import annotations
@@ -44,8 +44,10 @@ class URM(ERM):
 
     @classmethod
     def define_hparams(cls, space) -> None:
+        space.add("urm", "adversarial", lambda r: "adversarial", choices=("adversarial",))
         space.add("urm_adv_lambda", 0.1, lambda r: float(r.uniform(0, 0.2)), low=0.0)
-        space.add("urm_discriminator_label_smoothing", 0.0, lambda r: 0.0, low=0.0, high=1.0)
+        # DomainBed's default is the int 0 (its draws are the float 0.0)
+        space.add("urm_discriminator_label_smoothing", 0, lambda r: 0.0, kind=(int, float), low=0.0, high=1.0)
         space.add("urm_discriminator_optimizer", "adam", lambda r: "adam", choices=("adam", "sgd"))
         space.add("urm_discriminator_hidden_layers", 1, lambda r: int(r.choice([1, 2, 3])), low=0)
         space.add("urm_generator_output", "tanh", lambda r: str(r.choice(["tanh", "relu"])),
@@ -110,7 +112,7 @@ class URM(ERM):
         self.discriminator_opt.zero_grad(set_to_none=True)
         disc_loss.backward()
         self.discriminator_opt.step()
-        return {"loss": loss.item(), "disc_loss": disc_loss.item()}
+        return {"loss": loss.detach(), "disc_loss": disc_loss.detach()}
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         return self.network(x)

@@ -54,10 +54,12 @@ def cpu_state_dict(module) -> dict:
     return state
 
 
-def model_record(algorithm, args: dict) -> dict:
+def model_record(algorithm, args: dict, step: int | None = None) -> dict:
     """The model.pkl dict of a trained algorithm (its whole state: an averaging method's averaged
-    weights are part of it, and ``load_checkpoint`` rebuilds the method around them)."""
+    weights are part of it, and ``load_checkpoint`` rebuilds the method around them); ``model_step``
+    is the training step whose weights it holds."""
     return {
+        "model_step": step,
         "args": dict(args),
         "model_algorithm": type(algorithm).__name__,
         "model_input_shape": list(algorithm.input_shape),
@@ -68,5 +70,5 @@ def model_record(algorithm, args: dict) -> dict:
     }
 
 
-def save_model(path: str | os.PathLike, algorithm, args: dict) -> None:
-    atomic_torch_save(model_record(algorithm, args), path)
+def save_model(path: str | os.PathLike, algorithm, args: dict, step: int | None = None) -> None:
+    atomic_torch_save(model_record(algorithm, args, step), path)

@@ -1,4 +1,5 @@
-"""Image-folder datasets (VLCS, PACS, OfficeHome, TerraIncognita, DomainNet, SVIRO).
+"""Image-folder datasets (VLCS, PACS, OfficeHome, TerraIncognita, DomainNet, SVIRO), and datasets
+of one's own images (``FolderDataset``: ``<data_dir>/<name>/<domain>/<class>/<image>``).
 
 Layout (DomainBed's): ``<data_dir>/<FOLDER>/<environment>/<class>/<image>``. Environments are
 the dataset's known environment folders in sorted order; extra sub-folders are ignored.
@@ -22,6 +23,7 @@ from torchvision.datasets import DatasetFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from .base import ImageDomainDataset
+from .catalog import DatasetInfo, building_folder_dataset, dataset_info, folder_dataset_dir, folder_layout
 
 
 def load_rgb_image(path: str) -> Image.Image:
@@ -137,3 +139,88 @@ class DomainNet(ImageFolderDataset):
 
 class SVIRO(ImageFolderDataset):
     """SVIRO's images, laid out as DomainBed's download leaves them (see the catalog)."""
+
+
+# ---------------------------------------------------------------------- datasets of one's own images
+
+class FolderDataset(ImageFolderDataset):
+    """A dataset of one's own images, ``<data_dir>/<name>/<domain>/<class>/<image>``: environments
+    are the domain folders (sorted), classes the sorted union of class folders, with DomainBed's
+    image-dataset defaults (see ``catalog.describe_folder_dataset``). One subclass per dataset,
+    named like it, made by ``folder_dataset_class``."""
+
+    INFO: DatasetInfo
+
+    def __init__(self, root: str, test_envs: Sequence[int], hparams: dict | None = None) -> None:
+        if dataset_info(type(self).__name__, str(root)) != self.INFO:
+            raise ValueError(f"the domain folders of {type(self).__name__} under {root} are not the ones its class "
+                             "was made for; look it up again: get_dataset_class(name, data_dir)")
+        self.check_data(root)
+        with building_folder_dataset(self.INFO):  # the base class checks test envs by the class's name
+            super().__init__(root, test_envs, hparams)
+
+    def __reduce__(self):
+        """Pickled by its description: the class itself is made at run time."""
+        return _new_folder_dataset, (self.INFO,), self.__dict__
+
+    @classmethod
+    def check_data(cls, root: str) -> None:
+        """One line for each way the layout can be wrong: a domain without class folders or
+        without images, fewer than two classes. Stops at the first image of each domain."""
+        dataset_dir = cls._resolve_dataset_dir(str(root))
+        layout = folder_layout(cls.__name__, str(root))
+        classes: set[str] = set()
+        for domain in cls.ENV_FOLDERS:
+            domain_dir = os.path.join(dataset_dir, domain)
+            domain_classes = _subfolders(domain_dir)
+            if not domain_classes:
+                raise ValueError(f"domain folder {domain_dir} of dataset {cls.__name__!r} has no class folders; "
+                                 f"put each class's images in a folder of its own: {layout}")
+            if not any(_holds_an_image(os.path.join(domain_dir, name)) for name in domain_classes):
+                raise ValueError(f"domain folder {domain_dir} of dataset {cls.__name__!r} has no images in its class "
+                                 f"folders (files ending in {', '.join(IMG_EXTENSIONS)}): {layout}")
+            classes.update(domain_classes)
+        if len(classes) < 2:
+            raise ValueError(f"dataset {cls.__name__!r} has {len(classes)} class ({', '.join(sorted(classes))}) over "
+                             f"all its domains; a classifier needs at least 2 class folders: {layout}")
+
+    @classmethod
+    def _resolve_dataset_dir(cls, root: str) -> str:
+        dataset_dir = folder_dataset_dir(root, cls.__name__)
+        if dataset_dir is None:
+            raise FileNotFoundError(f"dataset {cls.__name__!r} not found: put your images in "
+                                    f"{folder_layout(cls.__name__, root)} files")
+        missing = [domain for domain in cls.ENV_FOLDERS if not os.path.isdir(os.path.join(dataset_dir, domain))]
+        if missing:
+            raise FileNotFoundError(f"dataset {cls.__name__!r} at {dataset_dir} has no domain folder(s) "
+                                    f"{', '.join(missing)}; look it up again with its data_dir")
+        return dataset_dir
+
+
+def _holds_an_image(class_dir: str) -> bool:
+    """Whether ``class_dir`` (or a folder inside it, as ImageFolder reads them) holds an image file."""
+    for _, _, files in os.walk(class_dir, followlinks=True):
+        if any(name.lower().endswith(IMG_EXTENSIONS) for name in files):
+            return True
+    return False
+
+
+_FOLDER_CLASSES: dict[DatasetInfo, type[FolderDataset]] = {}
+
+
+def folder_dataset_class(info: DatasetInfo) -> type[FolderDataset]:
+    """The dataset class of one's own images described by ``info`` (from ``catalog.dataset_info``)."""
+    if info not in _FOLDER_CLASSES:
+        _FOLDER_CLASSES[info] = type(info.name, (FolderDataset,), {
+            "INFO": info, "ENVIRONMENTS": list(info.environments), "N_STEPS": info.n_steps,
+            "CHECKPOINT_FREQ": info.checkpoint_freq, "__module__": __name__, "__qualname__": info.name,
+            "__doc__": f"{info.name}: one's own images in {len(info.environments)} domains "
+                       f"({', '.join(info.environments)})",
+        })
+    return _FOLDER_CLASSES[info]
+
+
+def _new_folder_dataset(info: DatasetInfo) -> FolderDataset:
+    """An empty instance of ``info``'s class, for unpickling (the state is set after)."""
+    cls = folder_dataset_class(info)
+    return cls.__new__(cls)

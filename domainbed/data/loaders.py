@@ -40,9 +40,9 @@ class SeededTransform(Dataset):
         if self.transform is not None:
             if seed is None:
                 x = self.transform(x)
-            else:
+            else:  # seed only the CPU generator (torch.manual_seed would reseed every CUDA one too)
                 with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(seed)
+                    torch.default_generator.manual_seed(seed)
                     x = self.transform(x)
         return x, y
 

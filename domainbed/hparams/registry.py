@@ -60,7 +60,7 @@ def _dropout_seed_name(space: HParamSpace) -> str | None:
 
 
 def _data_and_backbone(space: HParamSpace, backbone: str) -> None:
-    from ..models.backbones import FEATURES
+    from ..models.backbones import FEATURES, STOCHASTIC_DEPTH_FAMILIES, backbone_family
 
     space.add("data_augmentation", True, kind=bool)
     space.add("class_balanced", False, kind=bool)
@@ -76,7 +76,9 @@ def _data_and_backbone(space: HParamSpace, backbone: str) -> None:
     if info is not None and info.shuffled_environments:
         # which images form which environment: the trial's own draw (set from trial_seed when resolved)
         space.add("environment_shuffle_seed", 0, kind=int, low=0)
-    space.add("drop_path_rate", 0.0 if space.small_images else 0.1, low=0.0, high=1.0)
+    # stochastic depth 0.1 on DeiT-style ViTs (the paper's recipe); other families have none by default
+    deit_style = backbone_family(space.backbone) in STOCHASTIC_DEPTH_FAMILIES
+    space.add("drop_path_rate", 0.1 if deit_style and not space.small_images else 0.0, low=0.0, high=1.0)
     space.add("dropout", 0.0, lambda r: float(r.choice([0.0, 0.1, 0.5])), low=0.0, high=1.0,
               seed_name=_dropout_seed_name(space))
     # DomainBed's featurizer switches (see models/backbones.py)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 
 import timm
 import torch
@@ -30,8 +31,8 @@ from .pretrained import unavailable_reason
 
 # DomainBed's ResNets use torchvision's ImageNet weights; timm names them with the tv_in1k tag.
 ALIASES = {"resnet50": "resnet50.tv_in1k", "resnet18": "resnet18.tv_in1k"}
-# Families whose constructor takes img_size (patch-embedding models) and drop_path_rate.
-_TRANSFORMER_MODULES = ("vision_transformer", "deit", "gmoe")
+# Families trained with stochastic depth 0.1 by default (DeiT's recipe, the paper's GMoE).
+STOCHASTIC_DEPTH_FAMILIES = ("vision_transformer", "deit", "gmoe")
 
 
 class PretrainedWeightsError(RuntimeError):
@@ -56,11 +57,6 @@ def is_moe_backbone(name: str) -> bool:
     return name.split(".")[0] in MOE_MODELS
 
 
-def _is_transformer(model_name: str) -> bool:
-    entrypoint = timm.models.model_entrypoint(model_name.split(".")[0])
-    return entrypoint.__module__.rsplit(".", 1)[-1] in _TRANSFORMER_MODULES
-
-
 def timm_name(backbone: str) -> str:
     """The timm model name of a ``backbone`` hparam; a ValueError naming examples if timm lacks it."""
     name = ALIASES.get(backbone, backbone)
@@ -77,12 +73,15 @@ def create_backbone(input_shape: tuple[int, ...], hparams: dict, num_classes: in
     ``num_classes=0`` (the default) gives a featurizer: pooled features, no classification head.
     """
     name = timm_name(hparams["backbone"])
-    kwargs: dict = dict(num_classes=num_classes, in_chans=input_shape[0], drop_rate=hparams.get("dropout", 0.0))
-    if _is_transformer(name):
-        kwargs.update(img_size=tuple(input_shape[1:]), drop_path_rate=hparams.get("drop_path_rate", 0.0))
+    # img_size reaches every family that takes it (patch-embedding models); size-agnostic ones
+    # (ResNet, ConvNeXt) do without. drop_path_rate reaches every family that has stochastic depth
+    # and is refused by one that has none (see _build).
+    kwargs: dict = dict(num_classes=num_classes, in_chans=input_shape[0], drop_rate=hparams.get("dropout", 0.0),
+                        img_size=tuple(input_shape[1:]), drop_path_rate=hparams.get("drop_path_rate", 0.0))
     if is_moe_backbone(name):
         kwargs["moe"] = MoEConfig.from_hparams(hparams)
-    kwargs.update(hparams.get("backbone_kwargs") or {})
+    user_kwargs = dict(hparams.get("backbone_kwargs") or {})
+    kwargs.update(user_kwargs)
 
     pretrained = bool(hparams.get("pretrained", False))
     weights_file = hparams.get("pretrained_file") or ""
@@ -93,18 +92,58 @@ def create_backbone(input_shape: tuple[int, ...], hparams: dict, num_classes: in
         pretrained = True
         kwargs["pretrained_cfg_overlay"] = dict(file=weights_file)
     if not pretrained:
-        return timm.create_model(name, pretrained=False, **kwargs)
+        return _build(name, False, kwargs, user_kwargs)
     reason = None if weights_file else unavailable_reason(name)
-    if reason is None:
+    if reason is not None:  # no weights to be had; but first, can the model be built at all?
+        _build(name, False, kwargs, user_kwargs)
+    else:
         try:
-            return timm.create_model(name, pretrained=True, **kwargs)
-        except Exception as error:  # hub unreachable after all, bad file...
-            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            return _build(name, True, kwargs, user_kwargs)
+        except Exception as error:  # hub unreachable after all, bad file... or not the weights at all?
+            _build(name, False, {k: v for k, v in kwargs.items() if k != "pretrained_cfg_overlay"}, user_kwargs)
+            reason = _first_line(error)
     raise PretrainedWeightsError(
         f"could not load pretrained weights for '{name}' ({reason}). Provide them: let timm "
         f"download them once into its Hugging Face cache (HF_HOME), or pass a local file with "
         f"--hparams '{{\"pretrained_file\": \"/path/to/weights.pth\"}}', or train from scratch with "
         f"--hparams '{{\"pretrained\": false}}'")
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+_UNEXPECTED = re.compile(r"unexpected keyword argument(?:\(s\): \[| )'(\w+)'")  # Python's and timm's wording
+
+
+def _build(name: str, pretrained: bool, kwargs: dict, user_kwargs: dict) -> nn.Module:
+    """``timm.create_model`` with the arguments the model takes: ``img_size`` is left out for a
+    family without it; ``drop_path_rate`` too when 0, and refused when asked of a model without
+    stochastic depth. A model that cannot be built (bad ``backbone_kwargs`` included) is a
+    ValueError naming the real cause, never mistaken for missing weights."""
+    kwargs = dict(kwargs)
+    while True:
+        try:
+            return timm.create_model(name, pretrained=pretrained, **kwargs)
+        except TypeError as error:
+            match = _UNEXPECTED.search(str(error))
+            argument = match.group(1) if match else None
+            if argument in user_kwargs or argument not in ("img_size", "drop_path_rate"):
+                raise ValueError(_build_error(name, user_kwargs, error)) from None
+            if argument == "drop_path_rate" and kwargs["drop_path_rate"] > 0:
+                raise ValueError(f"backbone '{name}' has no stochastic depth, so drop_path_rate "
+                                 f"{kwargs['drop_path_rate']} cannot apply; set drop_path_rate to 0") from None
+            del kwargs[argument]
+        except Exception as error:
+            if pretrained:
+                raise
+            raise ValueError(_build_error(name, user_kwargs, error)) from None
+
+
+def _build_error(name: str, user_kwargs: dict, error: BaseException) -> str:
+    given = f" with backbone_kwargs {user_kwargs}" if user_kwargs else ""
+    return f"cannot build backbone '{name}'{given}: {_first_line(error)}"
 
 
 def build_featurizer(input_shape: tuple[int, ...], hparams: dict) -> nn.Module:

@@ -16,12 +16,23 @@ import numpy as np
 from .records import Record, group_by, n_environments, single_test_env_records
 
 __all__ = ["Accuracy", "SelectionMethod", "OracleSelectionMethod", "IIDAccuracySelectionMethod",
-           "LeaveOneOutSelectionMethod", "SELECTION_METHODS", "selected_runs"]
+           "LeaveOneOutSelectionMethod", "SELECTION_METHODS", "Selection", "selected_checkpoints", "selected_runs"]
 
 
 class Accuracy(NamedTuple):
     val_acc: float
     test_acc: float
+    step: int | None = None  # the checkpoint these accuracies are of (the one a method selects)
+
+
+class Selection(NamedTuple):
+    """The checkpoint a selection method picks for one (trial_seed, dataset, algorithm, test_env)."""
+    run_dir: str  # the selected single-test-env run (its ``args.output_dir``)
+    step: int
+    last_step: int  # the run's last recorded step (model.pkl holds that one)
+    val_acc: float
+    test_acc: float
+    hparams_seed: int
 
 
 def _best(accs: list[Accuracy]) -> Accuracy | None:
@@ -74,7 +85,7 @@ class OracleSelectionMethod(SelectionMethod):
             return None
         last = single[-1]
         test_env = last["args"]["test_envs"][0]
-        return Accuracy(last[f"env{test_env}_out_acc"], last[f"env{test_env}_in_acc"])
+        return Accuracy(last[f"env{test_env}_out_acc"], last[f"env{test_env}_in_acc"], last["step"])
 
 
 class IIDAccuracySelectionMethod(SelectionMethod):
@@ -90,7 +101,7 @@ class IIDAccuracySelectionMethod(SelectionMethod):
         ]
         if not val_accs:
             return None
-        return Accuracy(float(np.mean(val_accs)), record[f"env{test_env}_in_acc"])
+        return Accuracy(float(np.mean(val_accs)), record[f"env{test_env}_in_acc"], record["step"])
 
     @classmethod
     def run_acc(cls, run_records: list[Record]) -> Accuracy | None:
@@ -120,7 +131,7 @@ class LeaveOneOutSelectionMethod(SelectionMethod):
         if not others or any(j not in held_out_acc for j in others):
             return None
         val_acc = sum(held_out_acc[j] for j in others) / len(others)
-        return Accuracy(float(val_acc), single[0][f"env{test_env}_in_acc"])
+        return Accuracy(float(val_acc), single[0][f"env{test_env}_in_acc"], single[0]["step"])
 
     @classmethod
     def run_acc(cls, run_records: list[Record]) -> Accuracy | None:
@@ -137,15 +148,23 @@ SELECTION_METHODS: tuple[type[SelectionMethod], ...] = (
 )
 
 
-def selected_runs(records: list[Record], method: type[SelectionMethod]) -> dict[tuple, str]:
-    """The run folder each (trial_seed, dataset, algorithm, test_env) group selects: the
-    single-test-env run of the hparams_seed with the best validation accuracy."""
+def selected_checkpoints(records: list[Record], method: type[SelectionMethod]) -> dict[tuple, Selection]:
+    """The checkpoint each (trial_seed, dataset, algorithm, test_env) group selects: in the
+    single-test-env run of the hparams_seed with the best validation accuracy, the step that
+    validation accuracy was measured at (the last one for the oracle)."""
     from .records import selection_groups
 
     chosen = {}
     for key, group in selection_groups(records).items():
         scored = method.hparams_accs(group)
         if scored:
-            single = single_test_env_records(scored[0][1])
-            chosen[key] = single[0]["args"]["output_dir"]
+            accuracy, run_records = scored[0]
+            single = single_test_env_records(run_records)
+            chosen[key] = Selection(single[0]["args"]["output_dir"], accuracy.step, max(r["step"] for r in single),
+                                    accuracy.val_acc, accuracy.test_acc, single[0]["args"]["hparams_seed"])
     return chosen
+
+
+def selected_runs(records: list[Record], method: type[SelectionMethod]) -> dict[tuple, str]:
+    """The run folder each (trial_seed, dataset, algorithm, test_env) group selects."""
+    return {key: selection.run_dir for key, selection in selected_checkpoints(records, method).items()}

@@ -9,12 +9,13 @@ ends with one line saying why they are missing (``missing_note``).
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..algorithms import ALGORITHMS
-from ..data.catalog import CATALOG, DATASETS
+from ..data.catalog import CATALOG, DATASETS, describe_folder_dataset
 from .records import (Record, base_algorithm, group_by, label_algorithms_by_backbone, n_environments,
                       selection_groups)
 from .selection import SELECTION_METHODS, LeaveOneOutSelectionMethod, SelectionMethod
@@ -35,10 +36,20 @@ def registered_algorithms() -> list[str]:
     return list(ALGORITHMS)
 
 
-def environment_names(dataset_name: str, n_envs: int) -> list[str]:
-    """Column names for a dataset: its environments if known, else env0..env{n_envs-1}."""
+def environment_names(dataset_name: str, n_envs: int, data_dirs: Iterable[str] = ()) -> list[str]:
+    """Column names for a dataset: its environments if known (a dataset of one's own images: its
+    ``n_envs`` domain folders in one of ``data_dirs``, its runs' ``--data_dir``), else env0..env{n_envs-1}."""
     info = CATALOG.get(dataset_name)
-    return list(info.environments) if info is not None else [f"env{i}" for i in range(n_envs)]
+    if info is not None:
+        return list(info.environments)
+    for data_dir in data_dirs:
+        try:
+            info = describe_folder_dataset(data_dir, dataset_name)
+        except ValueError:  # the folder has changed since: its names may not be the runs' any more
+            continue
+        if info is not None and len(info.environments) == n_envs:
+            return list(info.environments)
+    return [f"env{i}" for i in range(n_envs)]
 
 
 def ordered_datasets(records: list[Record]) -> list[str]:
@@ -58,8 +69,10 @@ def ordered_algorithms(records: list[Record]) -> list[str]:
 
 
 def dataset_environments(records: list[Record], dataset: str) -> list[str]:
-    n_envs = max((n_environments(r) for r in records if r["args"]["dataset"] == dataset), default=0)
-    return environment_names(dataset, n_envs)
+    of_dataset = [r for r in records if r["args"]["dataset"] == dataset]
+    n_envs = max((n_environments(r) for r in of_dataset), default=0)
+    data_dirs = dict.fromkeys(r["args"]["data_dir"] for r in of_dataset if isinstance(r["args"].get("data_dir"), str))
+    return environment_names(dataset, n_envs, data_dirs)
 
 
 # ---------------------------------------------------------------- numbers

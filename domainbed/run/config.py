@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from dataclasses import dataclass, field
 
 from ..data.splits import split_dataset
@@ -101,6 +102,14 @@ def validate_config(config: TrainConfig, dataset) -> None:
         raise RunError("--deterministic sets PyTorch's and MKL's kernels before they load: run the command "
                        "line (python -m domainbed.scripts.train ... --deterministic), which restarts itself "
                        "with them")
+    for flag, value in (("--steps", config.steps), ("--checkpoint_freq", config.checkpoint_freq)):
+        if value is not None and value < 1:
+            raise RunError(f"{flag} must be at least 1, got {value}")
+    if config.eval_batch_size < 1:
+        raise RunError(f"--eval_batch_size must be at least 1, got {config.eval_batch_size}")
+    if os.path.isfile(config.data_dir):
+        raise RunError(f"--data_dir {config.data_dir} is a file; give the folder that holds the datasets "
+                       "(or the dataset's own folder)")
     if config.precision not in ("fp32", "bf16"):
         raise RunError(f"unknown --precision '{config.precision}'; use fp32 or bf16")
     if config.task not in ("domain_generalization", "domain_adaptation"):

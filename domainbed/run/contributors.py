@@ -8,7 +8,9 @@ model (``Accuracies``) and, on MoE backbones, how training tokens were routed
 
 from __future__ import annotations
 
+import math
 import resource
+import time
 from typing import Callable
 
 import numpy as np
@@ -22,18 +24,42 @@ from .evaluation import accuracy
 
 
 class LossValues:
-    """The mean of each value ``update`` returned since the last checkpoint."""
+    """The mean of each value ``update`` returned since the last checkpoint, and the first step at
+    which one was not finite.
+
+    Values may be Python floats or 0-dim tensors (detached). Tensors are summed where they live and
+    read once per checkpoint, so a GPU step never waits for its loss to reach the host; their
+    finiteness is tracked on the device too (``first_nonfinite`` reads it).
+    """
 
     def __init__(self):
-        self.values: dict[str, list[float]] = {}
+        self.sums: dict[str, float | torch.Tensor] = {}
+        self.counts: dict[str, int] = {}
+        self.bad_step: dict[str, torch.Tensor | int] = {}  # per key: first step with a non-finite value, -1 if none
 
-    def add(self, values: dict[str, float]) -> None:
+    def add(self, values: dict, step: int) -> None:
         for key, value in values.items():
-            self.values.setdefault(key, []).append(value)
+            if torch.is_tensor(value):
+                value = value.detach().float().reshape(())
+                finite = torch.isfinite(value)
+                bad = self.bad_step.get(key, -1)
+                self.bad_step[key] = torch.where(finite | (torch.as_tensor(bad, device=value.device) >= 0),
+                                                 torch.as_tensor(bad, device=value.device), step)
+            elif not math.isfinite(value) and self.bad_step.get(key, -1) == -1:
+                self.bad_step[key] = step
+            self.sums[key] = self.sums.get(key, 0.0) + value
+            self.counts[key] = self.counts.get(key, 0) + 1
+
+    def first_nonfinite(self) -> tuple[str, int] | None:
+        """(key, step) of the earliest value that was NaN or infinite since the last ``take``."""
+        found = [(int(step), key) for key, step in self.bad_step.items() if int(step) >= 0]
+        return (min(found)[1], min(found)[0]) if found else None
 
     def take(self) -> dict[str, float]:
-        means = {key: float(np.mean(values)) for key, values in self.values.items()}
-        self.values = {}
+        tensors = [key for key, value in self.sums.items() if torch.is_tensor(value)]
+        read = dict(zip(tensors, torch.stack([self.sums[key] for key in tensors]).tolist())) if tensors else {}
+        means = {key: float(read.get(key, value)) / self.counts[key] for key, value in self.sums.items()}
+        self.sums, self.counts, self.bad_step = {}, {}, {}
         return means
 
 
@@ -45,17 +71,24 @@ def peak_memory_gb(device: torch.device) -> float:
 
 
 class Timing:
-    """Mean seconds per training step since the last checkpoint, and peak memory so far."""
+    """Mean seconds per training step since the last checkpoint (data loading included, checkpoint
+    work excluded), and peak memory so far. The clock runs from ``start`` to ``take``, where the
+    device is synchronised once: GPU steps are queued without waiting, so only the interval
+    measures them."""
 
     def __init__(self, device: torch.device):
-        self.device, self.seconds = device, []
+        self.device, self.steps, self.started = device, 0, time.perf_counter()
 
-    def add_step(self, seconds: float) -> None:
-        self.seconds.append(seconds)
+    def start(self) -> None:
+        self.steps, self.started = 0, time.perf_counter()
+
+    def add_step(self) -> None:
+        self.steps += 1
 
     def take(self) -> dict[str, float]:
-        step_time = float(np.mean(self.seconds)) if self.seconds else 0.0
-        self.seconds = []
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        step_time = (time.perf_counter() - self.started) / self.steps if self.steps else 0.0
         return {"step_time": step_time, "mem_gb": peak_memory_gb(self.device)}
 
 
@@ -112,12 +145,12 @@ def validation_for(loaders: list, device: torch.device) -> Validation:
         per_domain = []
         with torch.no_grad():
             for loader in loaders:
-                total, n = 0.0, 0
+                total, n = torch.zeros((), dtype=torch.float64, device=device), 0
                 for x, y in loader:
-                    x, y = x.to(device), y.to(device)
-                    total += F.cross_entropy(model(x).float(), y, reduction="sum").item()
+                    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                    total += F.cross_entropy(model(x).float(), y, reduction="sum")
                     n += len(y)
                 per_domain.append(total / max(n, 1))
-        return float(np.mean(per_domain)) if per_domain else 0.0
+        return float(torch.stack(per_domain).mean()) if per_domain else 0.0
 
     return Validation(loss)

@@ -46,15 +46,17 @@ class DistEnv:
         if self.enabled:
             dist.barrier()
 
-    def mean(self, values: dict[str, float]) -> dict[str, float]:
-        """Each value averaged over processes: the loss of the whole global batch, and the same
-        NaN check outcome on every process."""
+    def mean(self, values: dict, device: torch.device) -> dict:
+        """Each value (float or 0-dim tensor) averaged over processes, as tensors on ``device`` (NCCL
+        reduces only device tensors; nothing waits for the result): the loss of the whole global
+        batch, and the same NaN check outcome on every process."""
         if not self.enabled:
             return values
         keys = sorted(values)
-        summed = torch.tensor([values[key] for key in keys], dtype=torch.float64)
-        dist.all_reduce(summed)
-        return dict(zip(keys, (summed / self.world_size).tolist()))
+        stacked = torch.stack([torch.as_tensor(values[key], device=device).detach().float().reshape(())
+                               for key in keys])
+        dist.all_reduce(stacked)
+        return dict(zip(keys, (stacked / self.world_size).unbind()))
 
     @contextlib.contextmanager
     def gradients_averaged_at_each_step(self):

@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,7 @@ class RunFolder:
     RESULTS = "results.jsonl"
     DONE = "done"
     MODEL = "model.pkl"
+    BEST_VAL_MODEL = "model_best_val.pkl"  # the checkpoint training-domain validation selects, if not the last
     STATE = "checkpoint.pt"
     OUT = "out.txt"
     ERR = "err.txt"
@@ -72,6 +74,10 @@ class RunFolder:
     @property
     def sweep_err(self) -> Path:
         return self.path / self.SWEEP_ERR
+
+    @property
+    def best_val_model(self) -> Path:
+        return self.path / self.BEST_VAL_MODEL
 
     def model_at_step(self, step: int) -> Path:
         return self.path / f"model_step{step}.pkl"
@@ -124,6 +130,26 @@ class RunFolder:
         return records
 
     # ------------------------------------------------------------------ logs
+    ATTEMPT_HEADER = "=== attempt"
+
+    def attempt_number(self) -> int:
+        """1 + the attempts this folder's logs already record."""
+        if not self.out.exists():
+            return 1
+        with open(self.out, errors="replace") as handle:
+            return 1 + sum(line.startswith(self.ATTEMPT_HEADER) for line in handle)
+
+    def check_writable(self) -> None:
+        """Raise PermissionError (one line) if the run could not write its folder; checked before
+        any work starts, so that no training is lost to a folder it cannot save into."""
+        existing = self.path
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if existing.is_file() or not os.access(existing, os.W_OK | os.X_OK):
+            what = "is a file" if existing.is_file() else "is not writable"
+            raise PermissionError(f"cannot write the run folder {self.path}: {existing} {what}; "
+                                  "choose a writable --output_dir")
+
     def log_error(self, error: BaseException, expected: bool) -> None:
         """Why the run stopped, in err.txt (where DomainBed users look on a cluster): the one-line
         message of an ``expected`` error (bad input, divergence, an interruption), the traceback of
@@ -136,11 +162,17 @@ class RunFolder:
             handle.write(text)
     @contextlib.contextmanager
     def logging(self, enabled: bool = True):
-        """Tee stdout/stderr into out.txt/err.txt (DomainBed's logs) while the run lives."""
+        """Tee stdout/stderr into out.txt/err.txt (DomainBed's logs) while the run lives. Each
+        attempt (a first start, then every resume) begins both files with a header line, so the
+        part of err.txt after its last header is the last attempt's: empty if it succeeded, else
+        why it stopped."""
         if not enabled:
             yield
             return
+        header = f"{self.ATTEMPT_HEADER} {self.attempt_number()}, {time.strftime('%Y-%m-%d %H:%M:%S')} ===\n"
         out, err = _Tee(sys.stdout, self.out), _Tee(sys.stderr, self.err)
+        out.file.write(header)
+        err.file.write(header)
         sys.stdout, sys.stderr = out, err
         try:
             yield

@@ -31,6 +31,7 @@ from ..checkpoints import atomic_torch_save, save_model
 from ..data import registry as datasets_lib
 from ..data.loaders import eval_loader, train_loader
 from ..models import PretrainedWeightsError
+from ..results.selection import IIDAccuracySelectionMethod
 from ..seeding import seed_everything, seed_hash
 from .config import (RunError, TrainConfig, TrainingDiverged, identity_differences, make_splits, resolve_hparams,
                      run_identity, validate_config)
@@ -66,7 +67,7 @@ def _run(config: TrainConfig, dist_env: DistEnv) -> dict:
         raise RunError(f"{output_dir} already holds a finished run (a 'done' file); choose another "
                        "--output_dir or delete that folder to train again")
     try:
-        dataset_class = datasets_lib.get_dataset_class(config.dataset)
+        dataset_class = datasets_lib.get_dataset_class(config.dataset, config.data_dir)
         algorithm_class = get_algorithm_class(config.algorithm)
     except ValueError as error:
         raise RunError(str(error)) from None
@@ -77,6 +78,10 @@ def _run(config: TrainConfig, dist_env: DistEnv) -> dict:
     except (FileNotFoundError, ValueError, ImportError) as error:
         raise RunError(str(error)) from None
     validate_config(config, dataset)
+    try:
+        RunFolder(output_dir).check_writable()
+    except PermissionError as error:
+        raise RunError(str(error)) from None
     n_steps = config.steps if config.steps is not None else dataset.N_STEPS
     checkpoint_freq = config.checkpoint_freq or dataset.CHECKPOINT_FREQ
     num_domains = len(dataset) - len(set(config.test_envs))
@@ -98,11 +103,11 @@ def _run(config: TrainConfig, dist_env: DistEnv) -> dict:
     identity = run_identity(config, hparams, n_steps, checkpoint_freq)
     resume_state = _resume_state_of_same_run(RunFolder(output_dir), identity)
 
+    folder = RunFolder(output_dir)
     if dist_env.is_main:
         output_dir.mkdir(parents=True, exist_ok=True)
     dist_env.barrier()
-    folder = RunFolder(output_dir)
-    with folder.logging(dist_env.is_main):
+    with folder.logging(dist_env.is_main), _terminated_on_sigterm():
         try:
             trainer = _Trainer(config, dist_env, hparams, dataset, algorithm, device, output_dir,
                                n_steps, checkpoint_freq, identity, resume_state)
@@ -130,6 +135,8 @@ class _Trainer:
         self.environment = describe_environment(device)
         self.saved_step: int | None = None
         self.header_printed = False
+        self.best_val: float | None = None  # training-domain validation accuracy of model_best_val.pkl
+        self.best_val_step: int | None = None
 
     @contextlib.contextmanager
     def _data_errors_as_run_errors(self):
@@ -164,11 +171,18 @@ class _Trainer:
         self._build_loaders(start_step)
         self._build_contributors()
         last_record: dict = {}
+        step = start_step
         with self._progress_and_writer(start_step), self.dist_env.gradients_averaged_at_each_step():
-            for step in range(start_step, self.n_steps):
-                self._train_step(step)
-                if step % self.checkpoint_freq == 0 or step == self.n_steps - 1:
-                    last_record = self._checkpoint(step) or last_record
+            try:
+                for step in range(start_step, self.n_steps):
+                    self._train_step(step)
+                    if step % self.checkpoint_freq == 0 or step == self.n_steps - 1:
+                        last_record = self._checkpoint(step) or last_record
+            except KeyboardInterrupt as interruption:  # Ctrl-C or SIGTERM: say where the run stands
+                reason = str(interruption) or "interrupted"
+                kept = (f"the checkpoint of step {self.saved_step} is kept: rerun the same command to resume"
+                        if self.saved_step is not None else "no checkpoint was written yet: rerun to start again")
+                raise type(interruption)(f"{reason} at step {step} ({kept})") from None
         self._finish()
         return last_record
 
@@ -254,7 +268,6 @@ class _Trainer:
                 self.writer.close()
 
     def _train_step(self, step: int) -> None:
-        started = time.time()
         device = self.device
         with self._data_errors_as_run_errors():
             batches = [next(it) for it in self.train_iterators]
@@ -264,22 +277,31 @@ class _Trainer:
         unlabeled = [x[self.rank_slice].to(device) for x, _ in unlabeled_batches] or None
         with self.autocast():
             values = self.algorithm.update(minibatches, unlabeled)
-        values = self.dist_env.mean(values)
-        bad = {key: value for key, value in values.items() if not math.isfinite(value)}
-        if bad:
-            key, value = next(iter(bad.items()))
-            kept = (f"the last good checkpoint (step {self.saved_step}) is kept in {self.output_dir}"
-                    if self.saved_step is not None else "no checkpoint had been written yet")
-            raise TrainingDiverged(f"{key} became {value} at step {step}; {kept}; "
-                                   "lower the learning rate (--hparams '{\"lr\": ...}') and rerun")
+        values = self.dist_env.mean(values, device)
+        self.loss_values.add(values, step)  # values on the device stay there: no wait for the GPU here
+        if any(not torch.is_tensor(value) and not math.isfinite(value) for value in values.values()):
+            self._stop_if_diverged()  # a float that is already on the host: stop at once
         self.algorithm.after_step(step)
-        self.timing.add_step(time.time() - started)
-        self.loss_values.add(values)
+        self.timing.add_step()
         self.progress.update(1)
-        self.progress.set_postfix({key: f"{value:.3f}" for key, value in list(values.items())[:3]}, refresh=False)
+
+    def _stop_if_diverged(self) -> None:
+        """Stop (TrainingDiverged) if a value ``update`` returned since the last checkpoint was NaN or
+        infinite, before anything of that state is evaluated or saved."""
+        bad = self.loss_values.first_nonfinite()
+        if bad is None:
+            return
+        key, step = bad
+        kept = (f"the last good checkpoint (step {self.saved_step}) is kept in {self.output_dir}"
+                if self.saved_step is not None else "no checkpoint had been written yet")
+        raise TrainingDiverged(f"{key} became nan or inf at step {step}; {kept}; "
+                               "lower the learning rate (--hparams '{\"lr\": ...}') and rerun")
 
     def _checkpoint(self, step: int) -> dict | None:
         """Evaluate, record, save the resume state; the record (on the main process)."""
+        self._stop_if_diverged()
+        timing, loss_values = self.timing.take(), self.loss_values.take()
+        self.progress.set_postfix({key: f"{value:.3f}" for key, value in list(loss_values.items())[:3]})
         rng_states = self.dist_env.gather(capture_rng_state())
         with self.autocast():  # every process, so that the algorithm's state stays the same everywhere
             validation = validation_for(self.validation_loaders, self.device)
@@ -287,7 +309,7 @@ class _Trainer:
         record = None
         if self.dist_env.is_main:
             record = {"args": self.config.record_args(), "hparams": self.hparams, "step": step,
-                      "epoch": step / self.steps_per_epoch, **self.timing.take(), **self.loss_values.take(),
+                      "epoch": step / self.steps_per_epoch, **timing, **loss_values,
                       **algorithm_values}
             with self._data_errors_as_run_errors():
                 record.update(self.accuracies.evaluate(self.algorithm.evaluation_model()))
@@ -296,16 +318,35 @@ class _Trainer:
             self.folder.append_record(record)
             self._print_record(record)
             self._log_scalars(record, step)
+            self._keep_best_validation_model(record)  # before the resume state: a resumed run redoes both
             atomic_torch_save({"step": step, "algorithm": self.algorithm.state_dict(),
                                "training_state": self.algorithm.training_state(), "rng": rng_states,
                                "identity": self.identity}, self.folder.state)
             if self.config.save_model_every_checkpoint:
-                save_model(self.folder.model_at_step(step), self.algorithm, self.config.record_args())
+                save_model(self.folder.model_at_step(step), self.algorithm, self.config.record_args(), step)
         else:
-            self.timing.take(), self.loss_values.take(), self.routing.take()
+            self.routing.take()
         self.dist_env.barrier()
         self.saved_step = step
+        self.timing.start()  # the next interval's clock starts after this checkpoint's work
         return record
+
+    def _keep_best_validation_model(self, record: dict) -> None:
+        """Keep the model of the checkpoint that training-domain validation selects so far (DomainBed's
+        main method picks a checkpoint within each run, often not the last), so that the selected
+        model can be exported without saving every checkpoint. Ties keep the earlier checkpoint,
+        as the selection does."""
+        if self.config.skip_model_save or len(set(self.config.test_envs)) != 1:
+            return
+        if self.best_val is None:  # first checkpoint of this attempt: what the earlier records selected
+            earlier = [IIDAccuracySelectionMethod.step_acc(r) for r in self.folder.read_records()[:-1]]
+            best = max((acc for acc in earlier if acc is not None), key=lambda acc: acc.val_acc, default=None)
+            self.best_val = best.val_acc if best else -math.inf
+            self.best_val_step = best.step if best else None
+        accuracy = IIDAccuracySelectionMethod.step_acc(record)
+        if accuracy is not None and accuracy.val_acc > self.best_val:
+            save_model(self.folder.best_val_model, self.algorithm, self.config.record_args(), record["step"])
+            self.best_val, self.best_val_step = accuracy.val_acc, record["step"]
 
     def _log_scalars(self, record: dict, step: int) -> None:
         for key, value in record.items():
@@ -325,10 +366,37 @@ class _Trainer:
     def _finish(self) -> None:
         if self.dist_env.is_main:
             if not self.config.skip_model_save:
-                save_model(self.folder.model, self.algorithm, self.config.record_args())
+                save_model(self.folder.model, self.algorithm, self.config.record_args(), self.n_steps - 1)
+            if self.best_val_step == self.n_steps - 1:  # model.pkl is that checkpoint already
+                self.folder.best_val_model.unlink(missing_ok=True)
             self.folder.mark_done()
             self.folder.state.unlink(missing_ok=True)  # the resume state is only needed until `done`
         self.dist_env.barrier()
+
+
+class RunTerminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's preemption or time limit) stops the run like Ctrl-C: the error goes to
+    err.txt with the step reached and the checkpoint kept."""
+
+
+@contextlib.contextmanager
+def _terminated_on_sigterm():
+    """While the run lives, SIGTERM raises RunTerminated in the main thread (elsewhere: unchanged)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum, frame):
+        raise RunTerminated("terminated by SIGTERM")
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _resume_state_of_same_run(folder: RunFolder, identity: dict) -> dict | None:

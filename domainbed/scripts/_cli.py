@@ -17,8 +17,10 @@ def run_main(main: Callable[[], object], expected: tuple[type[BaseException], ..
         main()
     except expected as error:
         fail(str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__)
-    except KeyboardInterrupt:
-        fail("interrupted; run the same command again to resume from the last checkpoint", code=130)
+    except KeyboardInterrupt as interruption:
+        code = 143 if type(interruption).__name__ == "RunTerminated" else 130  # 128 + SIGTERM / SIGINT
+        fail(str(interruption) or "interrupted; run the same command again to resume from the last checkpoint",
+             code=code)
 
 
 def add_checkpoint_arguments(parser, help: str = "a model.pkl") -> None:

@@ -3,7 +3,8 @@
 
 For each selection method and trial, every hparams draw of that (dataset, algorithm, test env),
 best validation accuracy first, with its hparams and run folders. The output follows DomainBed's
-line for line; a run's accuracies print as DomainBed's ``{'val_acc': ..., 'test_acc': ...}``.
+line for line; a run's accuracies print as DomainBed's ``{'val_acc': ..., 'test_acc': ...}`` plus
+the ``step`` of the checkpoint they were measured at (the one the method selects in that run).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def top_hparams_report(records: list[dict], dataset: str, algorithm: str, test_e
                 lines.append(f"algorithm: {label}")
             lines.append(f"trial_seed: {trial_seed}")
             for accuracy, run_records in method.hparams_accs(group):
-                lines.append(f"\t{ {'val_acc': accuracy.val_acc, 'test_acc': accuracy.test_acc} }")
+                lines.append(f"\t{ {'val_acc': accuracy.val_acc, 'test_acc': accuracy.test_acc, 'step': accuracy.step} }")
                 lines.append("\t\thparams:")
                 lines += [f"\t\t\t{key}: {value}" for key, value in sorted(run_records[0]["hparams"].items())]
                 lines.append("\t\toutput_dirs:")

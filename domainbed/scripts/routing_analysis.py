@@ -24,7 +24,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--input_dir", required=True, help="the sweep's output folder (with model.pkl files)")
     parser.add_argument("--dataset", required=True)
-    parser.add_argument("--algorithm", required=True, help="a row of the tables, e.g. SFMOE or 'Fish (gmoe_micro_patch4_32)'")
+    parser.add_argument("--algorithm", required=True,
+                        help="an algorithm (SFMOE) or, when it ran on several backbones, a row of the tables "
+                             "('Fish (gmoe_micro_patch4_32)')"),
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--selection", default="training-domain", choices=list(SELECTIONS))
     parser.add_argument("--data_dir", default="./domainbed/data")
@@ -43,11 +45,12 @@ def main(argv: list[str] | None = None):
     args = build_parser().parse_args(argv)
     records = label_algorithms_by_backbone(load_records(args.input_dir).records)
     method = SELECTION_METHODS[SELECTIONS[args.selection]]
-    chosen = {key: run_dir for key, run_dir in selected_runs(records, method).items()
-              if key[1] == args.dataset and key[2] == args.algorithm}
-    if not chosen:
+    selected = {key: run_dir for key, run_dir in selected_runs(records, method).items() if key[1] == args.dataset}
+    row = table_row(args.algorithm, {key[2] for key in selected})
+    if row is None:
         raise ValueError(f"no {args.algorithm} run on {args.dataset} in {args.input_dir} can be selected "
-                         f"({method.name})")
+                         f"({method.name}); rows there: {', '.join(sorted({key[2] for key in selected})) or 'none'}")
+    chosen = {key: run_dir for key, run_dir in selected.items() if key[2] == row}
     runs = []
     for (trial_seed, _, _, test_env), run_dir in sorted(chosen.items()):
         algorithm = load_checkpoint(RunFolder(run_dir).model, args.device)
@@ -59,6 +62,17 @@ def main(argv: list[str] | None = None):
     for path in paths:
         print(path)
     return runs
+
+
+def table_row(algorithm: str, rows: set[str]) -> str | None:
+    """The table row ``algorithm`` names: the row itself, or the one row of that algorithm (its
+    label is ``NAME (backbone)`` when a sweep ran it on several backbones). Several: ValueError."""
+    if algorithm in rows:
+        return algorithm
+    matches = sorted(row for row in rows if row.split(" (")[0] == algorithm)
+    if len(matches) > 1:
+        raise ValueError(f"{algorithm} ran on several backbones here; name the row: {', '.join(matches)}")
+    return matches[0] if matches else None
 
 
 if __name__ == "__main__":

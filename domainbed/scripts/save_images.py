@@ -37,7 +37,7 @@ def save_dataset_images(name: str, data_dir: str, output_dir: Path, n_images: in
     from ..data.registry import get_dataset_class
     from ..visualize.inputs import InputSpec, to_display
 
-    dataset_class = get_dataset_class(name)
+    dataset_class = get_dataset_class(name, data_dir)
     dataset = dataset_class(data_dir, [], {})
     spec = InputSpec(tuple(dataset.input_shape), issubclass(dataset_class, ImageDomainDataset))
     rng = random.Random(f"{seed}-{name}")
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
     saved, skipped = [], []
     for name in args.datasets:
         try:
-            get_dataset_class(name).check_data(args.data_dir)
+            get_dataset_class(name, args.data_dir).check_data(args.data_dir)
         except (FileNotFoundError, ImportError) as error:
             skipped.append(name)
             print(f"skipped {name}: {error}", file=sys.stderr)

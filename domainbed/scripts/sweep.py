@@ -15,6 +15,7 @@ from collections import Counter
 from ..sweep import (JobState, delete_incomplete, jobs_to_launch, launch, make_jobs, make_train_args,
                       status_report)
 from ..sweep.launchers import LAUNCHERS, LauncherOptions, get_launcher
+from ..run.folder import RunFolder
 from ..sweep.preflight import preflight
 from ._cli import run_main
 
@@ -126,6 +127,7 @@ def main(argv: list[str] | None = None) -> list:
     if not to_launch:
         print("Every job is done; nothing to launch.")
         return []
+    RunFolder(args.output_dir).check_writable()  # before anything runs: no job may train into nowhere
     checked = preflight([job.train_args for job in to_launch])
     runnable = {job_args["output_dir"] for job_args in checked.runnable}
     to_launch = [job for job in to_launch if job.output_dir in runnable]
@@ -153,4 +155,4 @@ def main(argv: list[str] | None = None) -> list:
 
 
 if __name__ == "__main__":
-    run_main(main, (ValueError, ImportError, FileNotFoundError))
+    run_main(main, (ValueError, ImportError, FileNotFoundError, PermissionError))

@@ -20,8 +20,9 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--data_dir", default=defaults.data_dir,
                         help="data root (holding PACS/, office_home/...) or the dataset's own folder")
-    parser.add_argument("--dataset", default=defaults.dataset)
-    parser.add_argument("--algorithm", default=defaults.algorithm)
+    parser.add_argument("--dataset", default=defaults.dataset,
+                        help="a built-in dataset, or the name of a folder <data_dir>/<name>/<domain>/<class>/")
+    parser.add_argument("--algorithm", default=defaults.algorithm, help="a DomainBed algorithm, or SFMOE/GMOE")
     parser.add_argument("--task", default=defaults.task, choices=["domain_generalization", "domain_adaptation"])
     parser.add_argument("--hparams", help="JSON-serialized hparams dict overriding the defaults")
     parser.add_argument("--hparams_seed", type=int, default=0, help="0 = default hparams, else a random draw")
@@ -30,7 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--steps", type=int, default=None, help="default: the dataset's N_STEPS")
     parser.add_argument("--checkpoint_freq", type=int, default=None, help="default: the dataset's")
     parser.add_argument("--test_envs", "--test_env", dest="test_envs", type=int, nargs="+", default=[0])
-    parser.add_argument("--output_dir", default=defaults.output_dir)
+    parser.add_argument("--output_dir", default=defaults.output_dir,
+                        help="the run folder: records, logs, model; rerun the command to resume it")
     parser.add_argument("--holdout_fraction", type=float, default=defaults.holdout_fraction)
     parser.add_argument("--uda_holdout_fraction", type=float, default=defaults.uda_holdout_fraction)
     parser.add_argument("--skip_model_save", action="store_true")

@@ -76,12 +76,12 @@ def make_train_args(datasets: list[str], algorithms: list[str], data_dir: str, *
                     sweep_seed: int = 0, deterministic: bool = False) -> list[dict]:
     """The train args of every job, in DomainBed's order (trial, dataset, algorithm, test envs,
     hparams seed). ``test_envs`` limits which environments are held out (default: all)."""
-    _validate(datasets, algorithms, n_trials, n_hparams_from, n_hparams, test_envs, hparams)
+    _validate(datasets, algorithms, n_trials, n_hparams_from, n_hparams, test_envs, hparams, data_dir)
     algorithms = list(dict.fromkeys(canonical_name(a) for a in algorithms))  # an alias is the same jobs
     args_list = []
     for trial_seed in range(n_trials):
         for dataset in datasets:
-            n_envs = num_environments(dataset)
+            n_envs = num_environments(dataset, data_dir)
             for algorithm in algorithms:
                 job_hparams = hparams_for(algorithm, dataset, hparams)
                 for envs in all_test_env_combinations(n_envs, single_test_envs, test_envs):
@@ -119,14 +119,14 @@ def hparams_for(algorithm: str, dataset: str, hparams: str | None) -> str | None
     return json.dumps(dense) if dense else None
 
 
-def _validate(datasets, algorithms, n_trials, n_hparams_from, n_hparams, test_envs, hparams) -> None:
+def _validate(datasets, algorithms, n_trials, n_hparams_from, n_hparams, test_envs, hparams, data_dir) -> None:
     if not datasets or not algorithms:
         raise ValueError("give at least one --datasets and one --algorithms")
     unknown = [a for a in algorithms if canonical_name(a) not in LOCATIONS]
     if unknown:
         raise ValueError(f"unknown algorithm '{unknown[0]}'; known algorithms: {', '.join(LOCATIONS)}")
     for dataset in datasets:
-        check_test_envs(dataset, test_envs)  # ValueError naming the known datasets or environments
+        check_test_envs(dataset, test_envs, data_dir)  # ValueError naming the known datasets or environments
     if n_trials < 1:
         raise ValueError(f"--n_trials must be >= 1, got {n_trials}")
     if not 0 <= n_hparams_from < n_hparams:

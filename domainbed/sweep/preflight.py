@@ -39,7 +39,7 @@ class _Checker:
 
         if (dataset, data_dir) not in self.data:
             try:
-                get_dataset_class(dataset).check_data(data_dir)
+                get_dataset_class(dataset, data_dir).check_data(data_dir)
                 self.data[(dataset, data_dir)] = None
             except (FileNotFoundError, ImportError, ValueError) as error:
                 self.data[(dataset, data_dir)] = str(error)
@@ -92,7 +92,7 @@ def preflight(args_list: list[dict]) -> Preflight:
         if problem:
             stopping[problem] = stopping.get(problem, 0) + 1
             continue
-        info = dataset_info(dataset)
+        info = dataset_info(dataset, args["data_dir"])
         run = RunInfo(args.get("steps") or info.n_steps, args.get("checkpoint_freq") or info.checkpoint_freq,
                       len(info.environments) - len(set(args["test_envs"])))
         try:

@@ -32,8 +32,11 @@ class InputSpec:
 
 
 def _is_image_dataset(name: str) -> bool:
+    from ..data.catalog import CATALOG
     from ..data.registry import get_dataset_class
 
+    if name not in CATALOG:  # a folder dataset (<data_dir>/<name>/<domain>/<class>/): images
+        return True
     return issubclass(get_dataset_class(name), ImageDomainDataset)
 
 

@@ -109,7 +109,7 @@ def dataset_usage(algorithm, dataset_name: str, data_dir: str, max_per_env: int 
         raise ValueError(f"max_per_env and batch_size must be >= 1, got {max_per_env} and {batch_size}")
     network = algorithm.evaluation_model().featurizer
     require_moe_layers(network)
-    dataset = get_dataset_class(dataset_name)(data_dir, [], algorithm.hparams)
+    dataset = get_dataset_class(dataset_name, data_dir)(data_dir, [], algorithm.hparams)
     if tuple(dataset.input_shape) != tuple(algorithm.input_shape):
         raise ValueError(f"{dataset_name} has inputs of shape {tuple(dataset.input_shape)} but the model takes "
                          f"{tuple(algorithm.input_shape)}; pass the dataset the model was trained on")

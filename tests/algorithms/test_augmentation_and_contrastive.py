@@ -14,6 +14,8 @@ from domainbed.algorithms.contrastive import (BASE_TEMPERATURE, SELFREG_FEATURE_
 from domainbed.algorithms.mixup import random_domain_pairs
 from domainbed.algorithms.sagnet import EPS, randomize_content, randomize_style
 
+from conftest import as_floats
+
 
 def _distinct_label_minibatches(kit):
     """The kit's batches with each domain's examples rotated, so that paired domains disagree on
@@ -54,7 +56,7 @@ def test_mixup_mixes_inputs_and_losses_with_the_drawn_lambda(kit, monkeypatch):
     torch.manual_seed(3)
     order = torch.randperm(3).tolist()
     torch.manual_seed(3)
-    values = mixup.update(minibatches)
+    values = as_floats(mixup.update(minibatches))
 
     assert draws == [(0.7, 0.7)] * 3
     objective = 0.0
@@ -147,7 +149,7 @@ def test_sagnet_content_step_and_the_adversary_moves_only_the_featurizer(kit):
         sagnet = kit.algorithm("SagNet", sag_w_adv=weight)
         before = copy.deepcopy(sagnet)
         kit.seed_all(2)
-        values = sagnet.update(minibatches)
+        values = as_floats(sagnet.update(minibatches))
         kit.seed_all(2)
         expected_c = F.cross_entropy(before.classifier(randomize_style(before.featurizer(x))), y)
         assert values["loss_c"] == pytest.approx(expected_c.item(), rel=1e-5)
@@ -229,7 +231,7 @@ def test_selfreg_update_scales_the_regularizer_and_trains_the_projection_layer(k
     y = torch.cat([y for _, y in minibatches])
     before = copy.deepcopy(selfreg)
     torch.manual_seed(8)
-    values = selfreg.update(minibatches)
+    values = as_floats(selfreg.update(minibatches))
     assert draws == [(0.5, 0.5)]
 
     torch.manual_seed(8)
@@ -304,7 +306,7 @@ def test_cad_update_projects_normalizes_and_weights_the_bottleneck(kit, name):
     y = torch.cat([y for _, y in minibatches])
     domains = torch.arange(3).repeat_interleave(kit.batch)
     before = copy.deepcopy(cad)
-    values = cad.update(minibatches)
+    values = as_floats(cad.update(minibatches))
 
     features = before.featurizer(x)
     z = F.normalize(before.projection(features), dim=1)

@@ -13,6 +13,8 @@ import torch.nn.functional as F
 from domainbed.algorithms import Checkpoint, RunInfo, Validation, get_algorithm_class
 from domainbed.algorithms.miro import feature_layers, miro_penalty
 
+from conftest import as_floats
+
 
 def _capture_inputs(module: torch.nn.Module) -> list[torch.Tensor]:
     """Every input ``module`` receives from now on."""
@@ -102,7 +104,7 @@ def test_mtl_embedding_is_an_ema_of_feature_means_and_predict_embeds_its_batch(k
                 expected_embeddings[d] = ema * f.mean(dim=0) + (1 - ema) * expected_embeddings[d]
                 rows = torch.cat([f, expected_embeddings[d].repeat(len(f), 1)], dim=1)
                 expected_loss += F.cross_entropy(algorithm.classifier(rows), y).item()
-        values = algorithm.update(minibatches)
+        values = as_floats(algorithm.update(minibatches))
         assert values["loss"] == pytest.approx(expected_loss, rel=1e-5)
         torch.testing.assert_close(algorithm.embeddings, expected_embeddings, rtol=1e-5, atol=1e-6)
 
@@ -257,19 +259,47 @@ def test_miro_update_regularises_towards_the_initial_features(kit):
     # is sum over the 2 layers of log(0.1) / 2
     with torch.no_grad():
         ce = F.cross_entropy(algorithm.network(x), y).item()
-    values = algorithm.update(minibatches)
+    values = as_floats(algorithm.update(minibatches))
     assert values["reg_loss"] == pytest.approx(math.log(0.1), rel=1e-4)
     assert values["loss"] == pytest.approx(ce + 0.5 * math.log(0.1), rel=1e-4)
 
-    with torch.no_grad():  # after a step: explicit computation
-        _, features = algorithm.featurizer.forward_intermediates(x, indices=[0, 1])
-        _, pre_features = algorithm.pre_featurizer.module.forward_intermediates(x, indices=[0, 1])
+    with torch.no_grad():  # after a step: explicit computation on the blocks' whole outputs (B, L, C)
+        features, pre_features = _block_outputs(algorithm.featurizer, x), _block_outputs(algorithm.pre_featurizer.module, x)
         expected = 0.0
         for f, pre, encoder in zip(features, pre_features, algorithm.var_encoders):
-            var = torch.log1p(torch.exp(encoder.b)) + 1e-5
-            assert var.shape == (1, 16, 1, 1)
+            var = (torch.log1p(torch.exp(encoder.b)) + 1e-5).view(1, 1, 16)  # per channel
             expected += (((f - pre) ** 2) / var + torch.log(var)).mean().item() / 2
     assert algorithm.update(minibatches)["reg_loss"] == pytest.approx(expected, rel=1e-4)
+
+
+def _block_outputs(vit, x) -> list[torch.Tensor]:
+    """Every block's output (B, tokens, C), class token first, from forward hooks."""
+    outputs = []
+    handles = [block.register_forward_hook(lambda _, __, out: outputs.append(out)) for block in vit.blocks]
+    try:
+        vit(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return outputs
+
+
+def test_miro_regularises_the_class_token_of_a_vit(kit):
+    """The regularised feature of a ViT block is its whole output, class token included (MIRO's
+    CLIP-ViT features are the full [HW + 1, B, C] block outputs): a featurizer that differs from the
+    pre-trained one only in the class token's output is penalised for it."""
+    algorithm = kit.algorithm("MIRO", ld=1.0)
+    assert algorithm.layers == [0, 1]
+    last = algorithm.featurizer.blocks[-1]
+    # shift the last block's class-token output only: the patch tokens stay the pre-trained ones
+    shift = torch.zeros(1, 17, 16)
+    shift[:, 0] = 1.0
+    last.register_forward_hook(lambda _, __, out: out + shift)
+    values = as_floats(algorithm.update(kit.minibatches()))
+    # layer 0 unchanged: log(0.1) / 2; layer 1: (shift^2 / 0.1 + log 0.1) averaged over the B x 17 x 16
+    # entries, of which B x 16 (the class token's) are shifted by 1
+    expected = math.log(0.1) / 2 + (1 / 17 / 0.1 + math.log(0.1)) / 2
+    assert values["reg_loss"] == pytest.approx(expected, rel=1e-4)
 
 
 @pytest.mark.parametrize("backbone", ["dense", "gmoe"])
@@ -298,5 +328,5 @@ def test_miro_layers_per_architecture(kit):
     assert algorithm.layers == [0, 1, 2, 3, 4]  # stem and the four stages
     assert [encoder.b.shape[1] for encoder in algorithm.var_encoders] == [64, 64, 128, 256, 512]
     assert not algorithm.featurizer.bn1.training  # frozen BatchNorm, as MIRO's ResNet
-    values = algorithm.update(kit.minibatches())
+    values = as_floats(algorithm.update(kit.minibatches()))
     assert values["reg_loss"] == pytest.approx(5 * math.log(0.1) / 2, rel=1e-4)

@@ -10,6 +10,8 @@ import torch.nn.functional as F
 
 from domainbed.algorithms.distribution_matching import coral_distance, gaussian_kernel, mmd_distance, GAMMAS
 
+from conftest import as_floats
+
 
 def test_coral_distance_by_hand():
     x = torch.tensor([[0.0, 0.0], [2.0, 2.0]])   # mean (1, 1), covariance [[2, 2], [2, 2]]
@@ -77,11 +79,17 @@ def test_fish_takes_one_inner_step_per_domain_in_order(kit):
     minibatches = kit.minibatches()
     inner = copy.deepcopy(fish.network)
     optimizer = torch.optim.Adam(inner.parameters(), lr=fish.hparams["lr"], weight_decay=fish.hparams["weight_decay"])
+    inner_losses = []
     for x, y in minibatches:
         optimizer.zero_grad()
-        F.cross_entropy(inner(x), y).backward()
+        loss = F.cross_entropy(inner(x), y)
+        loss.backward()
         optimizer.step()
+        inner_losses.append(loss.item())
     expected = [w + 0.5 * (v - w) for w, v in zip(fish.network.parameters(), inner.parameters())]
-    fish.update(minibatches)
+    values = as_floats(fish.update(minibatches))
     for new, want in zip(fish.network.parameters(), expected):
         torch.testing.assert_close(new, want, rtol=1e-5, atol=1e-6)
+    # the record is the mean of the inner losses (DomainBed's is the last one; see Fish)
+    assert values["loss"] == pytest.approx(np.mean(inner_losses), rel=1e-5)
+    assert abs(inner_losses[-1] - np.mean(inner_losses)) > 1e-3  # the two choices differ here

@@ -19,6 +19,8 @@ from domainbed.algorithms.mldg import MLDG, split_meta_train_test
 from domainbed.algorithms.rsc import spared_samples, top_gradient_mask
 from domainbed.algorithms.trm import TRM, inverse_hessian_vector_product
 
+from conftest import as_floats
+
 
 def record_step_gradients(algorithm, monkeypatch) -> list:
     """The gradients in the network's ``.grad`` each time the optimizer steps."""
@@ -68,7 +70,7 @@ def test_and_mask_update_steps_with_the_masked_mean_of_the_domain_gradients(kit,
     expected_loss = np.mean([F.cross_entropy(algorithm.network(x), y).item() for x, y in minibatches])
     per_domain = domain_gradients(copy.deepcopy(algorithm.network), minibatches)
     steps = record_step_gradients(algorithm, monkeypatch)
-    values = algorithm.update(minibatches)
+    values = as_floats(algorithm.update(minibatches))
     assert values["loss"] == pytest.approx(expected_loss, rel=1e-6)
     for got, grads in zip(steps[0], zip(*per_domain)):
         stacked = torch.stack(grads)
@@ -118,7 +120,7 @@ def test_iga_step_is_domainbeds_objective(kit, monkeypatch):
     expected = torch.autograd.grad(mean_loss + 10.0 * penalty, params)
 
     steps = record_step_gradients(algorithm, monkeypatch)
-    values = algorithm.update(minibatches)
+    values = as_floats(algorithm.update(minibatches))
     assert values["penalty"] == pytest.approx(penalty.item(), rel=1e-4)
     assert values["loss"] == pytest.approx(mean_loss.item(), rel=1e-5)
     for got, want in zip(steps[0], expected):  # gradients reach ~2e3: float32 error relative to the scale
@@ -166,7 +168,7 @@ def test_fishr_moving_average_and_penalty(kit):
         corrected = averages / (1 - ema)
         expected_penalty = np.mean([((corrected[d] - corrected.mean(0)) ** 2).mean().item()
                                     for d in range(len(sizes))])
-        values = algorithm.update(minibatches)
+        values = as_floats(algorithm.update(minibatches))
         torch.testing.assert_close(algorithm.grad_variance_ema, averages, rtol=1e-4, atol=1e-9)
         assert values["penalty"] == pytest.approx(expected_penalty, rel=1e-3)
         assert values["loss"] == pytest.approx(values["nll"])  # annealing: penalty weight 0
@@ -176,10 +178,10 @@ def test_fishr_penalty_comes_on_with_a_fresh_adam(kit):
     algorithm = kit.algorithm("Fishr", penalty_anneal_iters=2, **{"lambda": 50.0})
     minibatches = kit.minibatches()
     for _ in range(2):
-        values = algorithm.update(minibatches)
+        values = as_floats(algorithm.update(minibatches))
         assert values["loss"] == pytest.approx(values["nll"])
     before = algorithm.optimizer
-    values = algorithm.update(minibatches)
+    values = as_floats(algorithm.update(minibatches))
     assert values["loss"] == pytest.approx(values["nll"] + 50.0 * values["penalty"], rel=1e-5)
     assert algorithm.optimizer is not before
     assert {int(s["step"]) for s in algorithm.optimizer.state.values()} == {1}
@@ -276,7 +278,7 @@ def test_mldg_steps_with_gi_plus_beta_gj(kit, monkeypatch):
 
     steps = record_step_gradients(algorithm, monkeypatch)
     torch.manual_seed(5)
-    values = algorithm.update(minibatches)
+    values = as_floats(algorithm.update(minibatches))
     assert values["loss"] == pytest.approx(objective / len(minibatches), rel=1e-5)
     for got, want in zip(steps[0], expected):
         torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-6)
@@ -355,7 +357,7 @@ def test_trm_transfer_step_by_hand(kit):
         for i in others:
             new_alpha[q, i] *= math.exp(eta * weighted[i].item())
 
-    values = algorithm.update(minibatches)
+    values = as_floats(algorithm.update(minibatches))
     assert values["nll"] == pytest.approx(nll, rel=1e-5)
     assert values["trm_loss"] == pytest.approx(total / n, rel=1e-4)
     torch.testing.assert_close(algorithm.alpha, new_alpha)
@@ -365,13 +367,13 @@ def test_trm_transfer_step_by_hand(kit):
 
 def test_trm_is_erm_before_iters_and_trains_the_featurizer_through_the_transfer_loss(kit):
     erm_phase = kit.algorithm("TRM", iters=5)
-    values = erm_phase.update(kit.minibatches())
+    values = as_floats(erm_phase.update(kit.minibatches()))
     assert values["trm_loss"] == 0.0
     assert torch.equal(erm_phase.alpha, torch.ones(3, 3) - torch.eye(3))
 
     gmoe = kit.algorithm("TRM", "gmoe", iters=0)
     featurizer = copy.deepcopy(gmoe.featurizer)
-    values = gmoe.update(kit.minibatches())
+    values = as_floats(gmoe.update(kit.minibatches()))
     assert values["trm_loss"] != 0.0 and values["moe_aux_loss_per_forward"] > 0
     assert any(not torch.equal(a, b) for a, b in zip(featurizer.parameters(), gmoe.featurizer.parameters()))
 

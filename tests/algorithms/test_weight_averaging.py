@@ -90,10 +90,20 @@ def test_swad_averages_the_loss_valley(kit, losses, expected_mean, expected_star
     assert swad.evaluation_model().network is swad.swad_network.module
 
 
-def test_swad_without_a_valley_predicts_with_the_last_segment(kit):
+def test_swad_without_a_valley_predicts_with_the_last_segment_and_says_so(kit, capsys):
     swad, _ = run_swad(kit, [5.0, 4.0, 3.0, 2.0], n_converge=3)
     assert not swad.converged
     assert weight_value(swad.evaluation_model().network) == pytest.approx(3.0)
+    assert "warning: SWAD found no validation-loss valley" in capsys.readouterr().err
+    swad, _ = run_swad(kit, [4, 3, 2, 2.5, 2.2], n_converge=2, n_tolerance=2)
+    assert swad.converged and "warning" not in capsys.readouterr().err
+
+
+def test_swad_records_whether_its_model_is_a_valley_average(kit):
+    swad = kit.algorithm("SWAD", n_converge=2)
+    values = [swad.on_checkpoint(Checkpoint(step, step == 2, Validation(lambda model, s=step: 5.0 - s)))
+              for step in range(3)]
+    assert "swad_valley_found" not in values[0] and values[-1]["swad_valley_found"] is False
 
 
 def test_swad_resumes_mid_valley_exactly(kit):

@@ -1,0 +1,124 @@
+"""The digits study's design and its sweeps: ``python results/digits/study.py {pilot,main} [--sweep_dir D]``.
+
+One place says what is run (README.md says why):
+
+- rows: ERM on the dense micro ViT, SF-MoE on its GMoE twin, ERM on the parameter-matched wide
+  ViT, Fish on the dense ViT and Fish on the GMoE twin;
+- RotatedDigits at 16 px (4 px patches: 16 patch tokens; the 8x8 digits lose no pixel), batch 16
+  images per training domain, Adam;
+- the hparams search is a learning-rate grid: hparams_seed h trains with ``LR_GRID[h]`` and every
+  other hparam at its default (pinned explicitly, so that DomainBed's random draws for h >= 1 do
+  not move them); selection then picks the learning rate per (trial, held-out domain), as
+  DomainBed picks a draw;
+- trials draw their own assignment of images to domains (``environment_shuffle_seed`` =
+  trial_seed), so trials are independent and rows are paired within a trial.
+
+Each (row, h) is one ``sweep launch``; sweeps skip finished runs and resume interrupted ones, so
+this script can be stopped and started again at will. One core: ``OMP_NUM_THREADS=1``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+
+DATASET = "RotatedDigits"
+IMAGE_SIZE = 16
+BATCH_SIZE = 16
+DENSE, GMOE, WIDE = "vit_micro_patch4_32", "gmoe_micro_patch4_32", "vit_micro_wide_patch4_32"
+# hparams never pinned: the one searched, the ones the study sets, and the trial's own draw of the data
+NOT_PINNED = ("lr", "image_size", "batch_size", "environment_shuffle_seed", "backbone")
+
+
+@dataclass(frozen=True)
+class Row:
+    algorithm: str
+    backbone: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.algorithm} ({self.backbone})"
+
+
+ROWS = (Row("ERM", DENSE), Row("SFMOE", GMOE), Row("ERM", WIDE), Row("Fish", DENSE), Row("Fish", GMOE))
+
+
+@dataclass(frozen=True)
+class Design:
+    name: str
+    lr_grid: tuple[float, ...]
+    steps: int
+    checkpoint_freq: int
+    n_trials: int
+    test_envs: tuple[int, ...] | None  # None: every domain held out in turn
+    sweep_dir: str
+
+
+DESIGNS = {
+    # learning curves to choose the budget and the grid: 2 held-out angles (extrapolation, interpolation)
+    "pilot": Design("pilot", (3e-4, 1e-3, 3e-3), steps=3000, checkpoint_freq=150, n_trials=1, test_envs=(0, 3),
+                    sweep_dir="results/digits/pilot_sweep"),
+}
+
+
+def pinned_hparams(row: Row) -> dict:
+    """Every hparam of ``row`` that a DomainBed random draw could move, at its default."""
+    sys.path.insert(0, os.getcwd())
+    from domainbed.hparams_registry import resolve_hparams
+
+    base = {"backbone": row.backbone, "image_size": IMAGE_SIZE, "batch_size": BATCH_SIZE}
+    defaults = resolve_hparams(row.algorithm, DATASET, 0, 0, base)
+    moved = set()
+    for seed in range(1, 6):
+        draw = resolve_hparams(row.algorithm, DATASET, seed, 0, base)
+        moved |= {name for name in defaults if draw[name] != defaults[name]}
+    return {name: defaults[name] for name in sorted(moved) if name not in NOT_PINNED}
+
+
+def launches(design: Design) -> list[list[str]]:
+    """The ``sweep launch`` argument lists: the grid's middle learning rate first (an interrupted sweep
+    already holds a complete table at the likeliest winner), every row at one rate before the next."""
+    commands = []
+    middle_first = sorted(range(len(design.lr_grid)), key=lambda h: abs(h - (len(design.lr_grid) - 1) / 2))
+    for h in middle_first:
+        lr = design.lr_grid[h]
+        for row in ROWS:
+            hparams = {"backbone": row.backbone, "image_size": IMAGE_SIZE, "batch_size": BATCH_SIZE, "lr": lr,
+                       **pinned_hparams(row)}
+            command = ["launch", "--datasets", DATASET, "--algorithms", row.algorithm,
+                       "--hparams", json.dumps(hparams, sort_keys=True),
+                       "--n_hparams_from", str(h), "--n_hparams", str(h + 1), "--n_trials", str(design.n_trials),
+                       "--steps", str(design.steps), "--checkpoint_freq", str(design.checkpoint_freq),
+                       "--single_test_envs", "--output_dir", design.sweep_dir,
+                       "--command_launcher", "local", "--skip_confirmation"]
+            if design.test_envs is not None:
+                command += ["--test_envs", *map(str, design.test_envs)]
+            commands.append(command)
+    return commands
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("design", choices=sorted(DESIGNS))
+    parser.add_argument("--sweep_dir", help="default: the design's")
+    parser.add_argument("--print", action="store_true", help="print the sweep commands instead of running them")
+    args = parser.parse_args(argv)
+    design = DESIGNS[args.design]
+    if args.sweep_dir:
+        design = Design(**{**design.__dict__, "sweep_dir": args.sweep_dir})
+    status = 0
+    for command in launches(design):
+        full = [sys.executable, "-m", "domainbed.scripts.sweep", *command]
+        if args.print:
+            print(" ".join(f"'{part}'" if " " in part or "{" in part else part for part in full))
+            continue
+        status |= subprocess.call(full, env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
+    return status
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
