@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 # hosts, e.g. `make TORCH_SPEC="torch torchvision" test`.
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: venv demo test bench clean
+.PHONY: venv demo test bench gpu-check clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	@echo "Setting up $(VENV) (first run only; PyTorch is large, this takes a few minutes)..."
@@ -31,6 +31,12 @@ bench: venv
 	$(PY) benchmarks/bench_gmoe_step.py
 	$(PY) benchmarks/bench_averaging.py
 	$(PY) benchmarks/reproducibility.py
+
+# The prepared GPU check (benchmarks/gpu/check.py): on the GPU machine, with its own python3 and no
+# install, `PYTHONPATH=. python3 benchmarks/gpu/check.py --out DIR`; here, the same with the venv.
+GPU_CHECK_OUT ?= gpu_check_output
+gpu-check: venv
+	PYTHONPATH=. $(PY) benchmarks/gpu/check.py --out $(GPU_CHECK_OUT)
 
 clean:
 	rm -rf $(VENV) demo_output

@@ -35,7 +35,7 @@ ENVIRONMENTS = {
     "deterministic, 1 thread, AVX2 CPU": {"OMP_NUM_THREADS": "1", **AVX2, **DETERMINISTIC},
     "deterministic, 2 threads": {"OMP_NUM_THREADS": "2", **DETERMINISTIC},
 }
-SKIPPED_KEYS = {"step_time", "mem_gb", "environment", "args"}
+SKIPPED_KEYS = {"step_time", "data_time", "mem_gb", "environment", "args"}
 
 
 def run(algorithm: str, steps: int, environment: dict, output_dir: Path) -> list[dict]:

@@ -402,7 +402,9 @@ def test_script_prints_and_writes_results(sweep_dir, capsys):
     assert out == report == (sweep_dir / "results.txt").read_text()
     assert out == reporting.format_results(load_records(sweep_dir).records)
     assert out.splitlines()[0] == "Total records: 16"
-    assert "1 of 16 runs are not done" in err and "skipped 1 " in err
+    assert "1 of 16 runs are not done" in err
+    torn = [k for k, run in enumerate(RUNS) if run[1] == "MyMethod"]
+    assert f"skipped 1 unreadable or incomplete record line in {sweep_dir / f'run{torn[0]:02d}' / 'results.jsonl'}" in err
     report = collect_results.main(["--input_dir", str(sweep_dir), "--latex"])
     assert (sweep_dir / "results.tex").read_text() == report
     assert report == reporting.format_results(load_records(sweep_dir).records, latex=True)

@@ -70,3 +70,22 @@ def test_every_epoch_visits_every_example_exactly_once_in_a_new_order():
     for order in orders:
         assert sorted(order) == list(range(n))
     assert len({tuple(order) for order in orders}) > 1  # reshuffled each epoch
+
+
+def test_evaluation_loaders_keep_their_workers_between_passes():
+    """Every checkpoint evaluates: the same worker processes serve every pass (none restarted)."""
+    import os
+
+    from domainbed.data.loaders import eval_loader
+
+    class WorkerPid(torch.utils.data.Dataset):
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, index):
+            return torch.tensor(os.getpid()), 0
+
+    loader = eval_loader(WorkerPid(), None, batch_size=2, num_workers=1)
+    first = {int(pid) for x, _ in loader for pid in x}
+    second = {int(pid) for x, _ in loader for pid in x}
+    assert first == second and os.getpid() not in first

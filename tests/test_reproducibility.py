@@ -12,6 +12,7 @@ import pytest
 from domainbed.run.config import RunError
 from domainbed.scripts import sweep as sweep_cli
 from domainbed.scripts import train
+from domainbed.run.trainer import TIMING_KEYS
 
 ROOT = Path(__file__).resolve().parent.parent
 AVX2_MACHINE = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
@@ -29,7 +30,7 @@ def train_in_subprocess(output_dir: Path, extra_env: dict, *flags: str) -> list[
 
 
 def numbers(records: list[dict]) -> list[dict]:
-    return [{k: v for k, v in r.items() if k not in ("step_time", "mem_gb", "environment", "args")} for r in records]
+    return [{k: v for k, v in r.items() if k not in (*TIMING_KEYS, "environment", "args")} for r in records]
 
 
 def test_records_say_what_decides_the_numbers(tmp_path, read_records):

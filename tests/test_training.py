@@ -34,7 +34,7 @@ def test_train_writes_domainbed_records_and_files(tiny_train_args, tmp_path, rea
     records = read_records(run_dir)
     assert [r["step"] for r in records] == [0, 3, 5]
     envs = 6  # RotatedDigits
-    expected = ({"args", "hparams", "step", "epoch", "step_time", "mem_gb", "loss", "environment"}
+    expected = ({"args", "hparams", "step", "epoch", "step_time", "data_time", "mem_gb", "loss", "environment"}
                 | {f"env{i}_{s}_acc" for i in range(envs) for s in ("in", "out")})
     for record in records:
         assert set(record) == expected
@@ -204,3 +204,23 @@ def test_model_files_follow_the_umask_like_every_other_file(tmp_path, umask, mod
         os.umask(old)
     for name in ("model.pkl", "model_step0.pkl", "results.jsonl"):
         assert stat.S_IMODE((tmp_path / "run" / name).stat().st_mode) == mode, name
+
+
+def test_data_time_is_the_share_of_the_step_spent_waiting_for_batches(tmp_path, monkeypatch, read_records):
+    """A loader that takes 3 ms per image (20 images a step) shows in data_time, and within step_time."""
+    import time
+
+    from domainbed.data import loaders
+
+    real = loaders.SeededTransform.__getitem__
+
+    def slow(self, key):
+        if isinstance(key, tuple):  # a training item (index, augmentation seed); evaluation stays fast
+            time.sleep(0.003)
+        return real(self, key)
+
+    monkeypatch.setattr(loaders.SeededTransform, "__getitem__", slow)
+    train.main(["--dataset", "RotatedDigits", "--steps", "4", "--checkpoint_freq", "2", "--hparams",
+                '{"batch_size": 4, "image_size": 16}', "--output_dir", str(tmp_path / "run"), "--no-progress"])
+    for record in read_records(tmp_path / "run")[1:]:
+        assert 0.06 <= record["data_time"] <= record["step_time"]

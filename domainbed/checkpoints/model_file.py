@@ -34,6 +34,47 @@ def atomic_torch_save(obj, path: str | os.PathLike) -> None:
         raise
 
 
+def host_copy(obj):
+    """``obj`` with every tensor copied to the CPU (a private copy even of CPU tensors): a snapshot
+    that training can go on mutating the originals of while it is written."""
+    if torch.is_tensor(obj):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return type(obj)((key, host_copy(value)) for key, value in obj.items())
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(host_copy(value) for value in obj)
+    return obj
+
+
+class BackgroundWriter:
+    """Writes files in one background thread, in submission order, so that a checkpoint's disk
+    write (and its fsync) overlaps the next training steps instead of stalling them. ``submit``
+    takes a host snapshot (``host_copy``) and returns at once after the previous write is done;
+    ``flush`` waits for the last one and raises its error, if any."""
+
+    def __init__(self):
+        import concurrent.futures
+
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint-writer")
+        self._pending = None
+
+    def submit(self, obj, path: str | os.PathLike) -> None:
+        snapshot = host_copy(obj)
+        self.flush()
+        self._pending = self._pool.submit(atomic_torch_save, snapshot, path)
+
+    def flush(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def close(self) -> None:
+        try:
+            self.flush()
+        finally:
+            self._pool.shutdown(wait=True)
+
+
 def _umask_mode() -> int:
     """The mode a new file gets under this process's umask (0o666 & ~umask)."""
     umask = os.umask(0)

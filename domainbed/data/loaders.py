@@ -133,7 +133,9 @@ def train_loader(dataset: Dataset, transform: Callable | None, batch_size: int, 
 
 def eval_loader(dataset: Dataset, transform: Callable | None, batch_size: int,
                 num_workers: int = 0, pin_memory: bool = False) -> DataLoader:
-    """One ordered pass over ``dataset`` with the deterministic evaluation transform."""
+    """Ordered passes over ``dataset`` with the deterministic evaluation transform. With workers, they
+    are kept between passes (``persistent_workers``): a run evaluates every checkpoint, and starting
+    fresh worker processes each time (importing torch in each) would stall training for seconds."""
     return DataLoader(SeededTransform(dataset, transform), batch_size=batch_size, shuffle=False,
-                      num_workers=num_workers, pin_memory=pin_memory,
+                      num_workers=num_workers, pin_memory=pin_memory, persistent_workers=num_workers > 0,
                       generator=torch.Generator().manual_seed(0))

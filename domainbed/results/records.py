@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Hashable, Iterable
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ class LoadedRecords:
     n_runs: int  # results.jsonl files read
     n_incomplete_runs: int  # runs without a ``done`` file (their records are still used)
     n_skipped_lines: int  # torn or unusable lines that were left out
+    skipped_by_file: dict[str, int] = dataclasses.field(default_factory=dict)  # path -> lines left out
 
 
 def _usable(record: Any) -> bool:
@@ -89,14 +91,15 @@ def load_records(input_dir: str | Path) -> LoadedRecords:
         )
     records: list[Record] = []
     n_incomplete = 0
-    n_skipped = 0
+    skipped_by_file: dict[str, int] = {}
     for path in paths:
         run_records, skipped = read_results_file(path)
         records.extend(run_records)
-        n_skipped += skipped
+        if skipped:
+            skipped_by_file[str(path)] = skipped
         if not RunFolder(path.parent).is_done:
             n_incomplete += 1
-    return LoadedRecords(records, len(paths), n_incomplete, n_skipped)
+    return LoadedRecords(records, len(paths), n_incomplete, sum(skipped_by_file.values()), skipped_by_file)
 
 
 def group_by(items: Iterable[Any], key: Callable[[Any], Hashable]) -> dict[Hashable, list]:

@@ -50,6 +50,7 @@ class TrainConfig:
     eval_batch_size: int = 64
     progress: bool | None = None
     deterministic: bool = False
+    tf32: bool = True  # fp32 matmuls on tensor cores on CUDA (off under --deterministic)
 
     def record_args(self) -> dict:
         return dataclasses.asdict(self)

@@ -72,24 +72,28 @@ def peak_memory_gb(device: torch.device) -> float:
 
 class Timing:
     """Mean seconds per training step since the last checkpoint (data loading included, checkpoint
-    work excluded), and peak memory so far. The clock runs from ``start`` to ``take``, where the
-    device is synchronised once: GPU steps are queued without waiting, so only the interval
-    measures them."""
+    work excluded), of them the seconds spent waiting for the next batch (``data_time``), and peak
+    memory so far. The clock runs from ``start`` to ``take``, where the device is synchronised
+    once: GPU steps are queued without waiting, so only the interval measures them. A
+    ``data_time`` close to ``step_time`` means the loaders, not the model, set the pace."""
 
     def __init__(self, device: torch.device):
-        self.device, self.steps, self.started = device, 0, time.perf_counter()
+        self.device = device
+        self.start()
 
     def start(self) -> None:
-        self.steps, self.started = 0, time.perf_counter()
+        self.steps, self.data_seconds, self.started = 0, 0.0, time.perf_counter()
 
-    def add_step(self) -> None:
+    def add_step(self, data_seconds: float = 0.0) -> None:
         self.steps += 1
+        self.data_seconds += data_seconds
 
     def take(self) -> dict[str, float]:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-        step_time = (time.perf_counter() - self.started) / self.steps if self.steps else 0.0
-        return {"step_time": step_time, "mem_gb": peak_memory_gb(self.device)}
+        steps = max(self.steps, 1)
+        return {"step_time": (time.perf_counter() - self.started) / steps if self.steps else 0.0,
+                "data_time": self.data_seconds / steps, "mem_gb": peak_memory_gb(self.device)}
 
 
 class Accuracies:

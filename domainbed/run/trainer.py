@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from ..algorithms import Algorithm, Checkpoint, RunInfo, canonical_name, get_algorithm_class
-from ..checkpoints import atomic_torch_save, save_model
+from ..checkpoints import BackgroundWriter, model_record, save_model
 from ..data import registry as datasets_lib
 from ..data.loaders import eval_loader, train_loader
 from ..models import PretrainedWeightsError
@@ -35,13 +35,14 @@ from ..results.selection import IIDAccuracySelectionMethod
 from ..seeding import seed_everything, seed_hash
 from .config import (RunError, TrainConfig, TrainingDiverged, identity_differences, make_splits, resolve_hparams,
                      run_identity, validate_config)
+from .accelerator import compile_networks, configure_cuda, use_fused_optimizers
 from .contributors import Accuracies, LossValues, RoutingStatistics, Timing, validation_for
 from .distributed import DistEnv, init_distributed, pick_device, shutdown
 from .environment import describe_environment
 from .folder import RunFolder
 from .rng_state import capture_rng_state, restore_rng_state
 
-TIMING_KEYS = ("step_time", "mem_gb")
+TIMING_KEYS = ("step_time", "data_time", "mem_gb")
 
 
 def _last_line(error: BaseException) -> str:
@@ -157,22 +158,26 @@ class _Trainer:
         return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
 
     def train(self) -> dict:
+        self.environment.update(configure_cuda(self.device, self.config.tf32, self.config.deterministic))
         if self.dist_env.is_main:
             self._print_header()
-        torch.backends.cudnn.deterministic = True  # as DomainBed: the same seeds, the same numbers
-        torch.backends.cudnn.benchmark = False
+        use_fused_optimizers(self.algorithm, self.device)
         start_step = self._resume()
         if self.dist_env.rank > 0 and start_step == 0:
             # Each process draws its own dropout masks and gate noise (process 0 keeps the stream of
             # a single-process run); the model weights are already built, identical everywhere.
             seed_everything(seed_hash(self.config.seed, "rank", self.dist_env.rank))
-        if self.config.compile and hasattr(self.algorithm, "featurizer"):
-            self.algorithm.featurizer.compile()  # in place: state_dict keys stay the same
+        if self.config.compile:  # in place: state_dict keys stay the same
+            compiled = compile_networks(self.algorithm)
+            if self.dist_env.is_main:
+                print(f"torch.compile: {len(compiled)} network(s): "
+                      + ", ".join(type(network).__name__ for network in compiled))
         self._build_loaders(start_step)
         self._build_contributors()
         last_record: dict = {}
         step = start_step
-        with self._progress_and_writer(start_step), self.dist_env.gradients_averaged_at_each_step():
+        with self._progress_and_writer(start_step), self.dist_env.gradients_averaged_at_each_step(), \
+                self._background_writes():
             try:
                 for step in range(start_step, self.n_steps):
                     self._train_step(step)
@@ -269,9 +274,11 @@ class _Trainer:
 
     def _train_step(self, step: int) -> None:
         device = self.device
+        waited = time.perf_counter()
         with self._data_errors_as_run_errors():
             batches = [next(it) for it in self.train_iterators]
             unlabeled_batches = [next(it) for it in self.uda_iterators]
+        waited = time.perf_counter() - waited
         minibatches = [(x[self.rank_slice].to(device, non_blocking=True), y[self.rank_slice].to(device, non_blocking=True))
                        for x, y in batches]
         unlabeled = [x[self.rank_slice].to(device) for x, _ in unlabeled_batches] or None
@@ -282,7 +289,7 @@ class _Trainer:
         if any(not torch.is_tensor(value) and not math.isfinite(value) for value in values.values()):
             self._stop_if_diverged()  # a float that is already on the host: stop at once
         self.algorithm.after_step(step)
-        self.timing.add_step()
+        self.timing.add_step(waited)
         self.progress.update(1)
 
     def _stop_if_diverged(self) -> None:
@@ -319,11 +326,12 @@ class _Trainer:
             self._print_record(record)
             self._log_scalars(record, step)
             self._keep_best_validation_model(record)  # before the resume state: a resumed run redoes both
-            atomic_torch_save({"step": step, "algorithm": self.algorithm.state_dict(),
-                               "training_state": self.algorithm.training_state(), "rng": rng_states,
-                               "identity": self.identity}, self.folder.state)
+            self.files.submit({"step": step, "algorithm": self.algorithm.state_dict(),
+                                "training_state": self.algorithm.training_state(), "rng": rng_states,
+                                "identity": self.identity}, self.folder.state)
             if self.config.save_model_every_checkpoint:
-                save_model(self.folder.model_at_step(step), self.algorithm, self.config.record_args(), step)
+                self.files.submit(model_record(self.algorithm, self.config.record_args(), step),
+                                   self.folder.model_at_step(step))
         else:
             self.routing.take()
         self.dist_env.barrier()
@@ -345,7 +353,8 @@ class _Trainer:
             self.best_val_step = best.step if best else None
         accuracy = IIDAccuracySelectionMethod.step_acc(record)
         if accuracy is not None and accuracy.val_acc > self.best_val:
-            save_model(self.folder.best_val_model, self.algorithm, self.config.record_args(), record["step"])
+            self.files.submit(model_record(self.algorithm, self.config.record_args(), record["step"]),
+                               self.folder.best_val_model)
             self.best_val, self.best_val_step = accuracy.val_acc, record["step"]
 
     def _log_scalars(self, record: dict, step: int) -> None:
@@ -362,6 +371,17 @@ class _Trainer:
             self.header_printed = True
         print("  ".join(f"{record[k]:>12.4f}" if isinstance(record[k], float) else f"{record[k]:>12}"
                         for k in keys))
+
+    @contextlib.contextmanager
+    def _background_writes(self):
+        """Checkpoint files are written by a background thread (``BackgroundWriter``): the step loop
+        goes on while the last checkpoint reaches the disk. However the loop ends, pending writes
+        finish first, so an interrupted run keeps its latest checkpoint."""
+        self.files = BackgroundWriter()
+        try:
+            yield
+        finally:
+            self.files.close()
 
     def _finish(self) -> None:
         if self.dist_env.is_main:

@@ -41,9 +41,9 @@ def main(argv: list[str] | None = None) -> str:
     if loaded.n_incomplete_runs:
         print(f"note: {loaded.n_incomplete_runs} of {loaded.n_runs} runs are not done "
               "(no 'done' file); their records are included", file=sys.stderr)
-    if loaded.n_skipped_lines:
-        print(f"warning: skipped {loaded.n_skipped_lines} unreadable or incomplete record lines",
-              file=sys.stderr)
+    for path, n_lines in loaded.skipped_by_file.items():
+        print(f"warning: skipped {n_lines} unreadable or incomplete record line{'s' if n_lines > 1 else ''} "
+              f"in {path}", file=sys.stderr)
 
     report = format_results(loaded.records, latex=args.latex)
     sys.stdout.write(report)

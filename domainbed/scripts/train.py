@@ -45,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--eval_batch_size", type=int, default=defaults.eval_batch_size)
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                         help="progress bar (default: on a terminal)")
+    parser.add_argument("--tf32", action=argparse.BooleanOptionalAction, default=True,
+                        help="on CUDA, fp32 matmuls and convolutions on tensor cores (TF32); --deterministic turns it off")
     parser.add_argument("--deterministic", action="store_true",
                         help="portable kernels: the same numbers on any x86 CPU at the same thread count "
                              "(about 2x the CPU time; see BENCHMARKS.md)")
