@@ -233,3 +233,13 @@ def test_evaluate_finds_the_data_folder_the_model_was_trained_on(tmp_path, capsy
     capsys.readouterr()
     results = evaluate.main(["--checkpoint", str(tmp_path / "run" / "model.pkl")])  # no --data_dir
     assert [r.name for r in results] == ["A", "C", "P", "S"] and all(r.n == 6 for r in results)
+
+
+def test_train_help_shows_every_default():
+    """ArgumentDefaultsHelpFormatter prints a flag's default only when the flag has a help text."""
+    parser = train.build_parser()
+    undescribed = [action.option_strings[0] for action in parser._actions if action.dest != "help" and not action.help]
+    assert undescribed == []
+    text = " ".join(parser.format_help().split())
+    for default in ("(default: RotatedDigits)", "(default: ERM)", "(default: train_output)", "(default: [0])"):
+        assert default in text

@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import torch
 import pytest
 from sklearn.metrics import normalized_mutual_info_score
 
@@ -76,3 +77,26 @@ def test_an_algorithm_on_several_backbones_needs_its_row_named():
     with pytest.raises(ValueError, match=r"ERM ran on several backbones here; name the row: ERM \(vit_micro_patch4_32\), "
                                          r"ERM \(vit_micro_wide_patch4_32\)"):
         routing_analysis.table_row("ERM", ROWS)
+
+
+def test_routing_baselines_initial_model_and_kmeans_clusters(tmp_path):
+    sweep = tmp_path / "sweep"
+    for algorithm, hparams in (("SFMOE", '{"batch_size": 4, "lr": 0.0}'), ("ERM", '{"batch_size": 4}')):
+        train.main(["--dataset", "RotatedDigits", "--algorithm", algorithm, "--test_envs", "5", "--steps", "2",
+                    "--checkpoint_freq", "1", "--hparams", hparams, "--output_dir", str(sweep / algorithm)])
+    # lr 0: the trained weights are the initial ones, so the rebuilt initialisation must equal them
+    from domainbed.checkpoints import load_checkpoint
+
+    trained = load_checkpoint(sweep / "SFMOE" / "model.pkl", "cpu")
+    seed = json.loads((sweep / "SFMOE" / "results.jsonl").read_text().splitlines()[0])["args"]["seed"]
+    rebuilt = routing_analysis.initial_model(trained, seed).state_dict()
+    assert all(torch.equal(value, rebuilt[key]) for key, value in trained.state_dict().items())
+    init = routing_analysis.main(["--input_dir", str(sweep), "--dataset", "RotatedDigits", "--algorithm", "SFMOE",
+                                  "--model", "init", "--output_dir", str(tmp_path / "init"), "--max_per_env", "8"])
+    assert init[0].usage.by_domain["blocks.2.mlp"].sum() == 6 * 8 * 64
+    clusters = routing_analysis.main(["--input_dir", str(sweep), "--dataset", "RotatedDigits", "--algorithm", "ERM",
+                                      "--kmeans", "6", "--output_dir", str(tmp_path / "kmeans"), "--max_per_env", "8"])
+    usage = clusters[0].usage
+    assert set(usage.by_domain) == {"blocks.2.mlp", "blocks.4.mlp"} and usage.num_experts == 6
+    assert usage.by_class["blocks.4.mlp"].sum() == 6 * 8 * 64
+    assert (usage.by_domain["blocks.2.mlp"].sum(axis=0) > 0).sum() == 6  # every cluster holds tokens

@@ -305,6 +305,15 @@ def test_preflight_stops_a_sweep_its_jobs_would_all_fail_and_launches_nothing(tm
     assert not (tmp_path / "sweep").exists() or not any((tmp_path / "sweep").iterdir())
 
 
+def test_a_data_dir_that_is_a_file_is_named_as_one(tmp_path):
+    not_a_folder = tmp_path / "data.tar"
+    not_a_folder.write_text("an archive, say")
+    with pytest.raises(ValueError, match=rf"--data_dir {not_a_folder} is a file; give the folder"):
+        sweep_cli.main(["launch", "--datasets", "PACS", "--algorithms", "ERM", "--data_dir", str(not_a_folder),
+                        "--output_dir", str(tmp_path / "sweep"), "--skip_confirmation"])
+    assert not (tmp_path / "sweep").exists()
+
+
 def test_preflight_leaves_out_only_the_jobs_a_method_refuses(tmp_path, capsys):
     from domainbed.sweep.preflight import preflight
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections import Counter
 
@@ -95,6 +96,8 @@ def confirm(question: str) -> bool:
 
 def main(argv: list[str] | None = None) -> list:
     args = build_parser().parse_args(argv)
+    if os.path.isfile(args.data_dir):
+        raise ValueError(f"--data_dir {args.data_dir} is a file; give the folder that holds the datasets")
     options = launcher_options(args)
     launcher = get_launcher(args.command_launcher)
     args_list = make_train_args(args.datasets, args.algorithms, args.data_dir, n_trials=args.n_trials,

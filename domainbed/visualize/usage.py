@@ -2,10 +2,12 @@
 
 For each MoE layer, the share of patch tokens whose top-1 expert is e, per domain (rows) and per
 class (rows). The router's choice is counted, whether or not the capacity limit then dropped it.
-With a capacity limit, which tokens an MoE layer drops depends on the whole batch and changes
-what later layers see, so routing depends on the batch composition: we evaluate in eval mode in
-batches of ``batch_size`` (default 64) images of one environment, in a seeded order, so the
-numbers are reproducible.
+Images are evaluated in eval mode, in batches of ``batch_size`` images of one environment in a
+seeded order (evaluation capacity is per image by default, so the batches do not change routing).
+
+``cluster_usage`` is the baseline for a dense model: the FFN-input tokens of chosen blocks
+clustered by k-means into as many groups as a GMoE layer has experts, counted the same way. If
+experts followed classes only because token features do, k-means clusters would too.
 """
 
 from __future__ import annotations
@@ -23,8 +25,8 @@ from matplotlib.figure import Figure
 
 from .experts import block_label, patch_routing, require_moe_layers
 
-__all__ = ["ExpertUsage", "count_by_group", "row_shares", "collect_usage", "dataset_usage",
-           "usage_figure", "save_usage"]
+__all__ = ["ExpertUsage", "count_by_group", "row_shares", "collect_usage", "dataset_usage", "cluster_usage",
+           "dataset_cluster_usage", "usage_figure", "save_usage"]
 
 
 def count_by_group(expert: torch.Tensor, group: torch.Tensor, num_groups: int, num_experts: int) -> torch.Tensor:
@@ -85,6 +87,56 @@ def collect_usage(network: nn.Module, batches: Iterable[tuple[torch.Tensor, torc
             usage.by_domain[name] += count_by_group(expert, domains.cpu(), len(domain_names), num_experts).numpy()
             usage.by_class[name] += count_by_group(expert, labels.cpu(), len(class_names), num_experts).numpy()
     return usage
+
+
+@torch.no_grad()
+def cluster_usage(network: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+                  domain_names: list[str], class_names: list[str], blocks: list[int], num_clusters: int,
+                  seed: int = 0) -> ExpertUsage:
+    """k-means clusters of the patch tokens entering the FFN of ``network.blocks[i]`` for each of
+    ``blocks`` (fitted per block on every token seen), counted by domain and class like experts."""
+    from sklearn.cluster import KMeans
+
+    prefix = int(getattr(network, "num_prefix_tokens", 0))
+    captured: dict[str, list[torch.Tensor]] = {f"blocks.{i}.mlp": [] for i in blocks}
+    hooks = [network.blocks[i].mlp.register_forward_pre_hook(
+        lambda module, args, name=f"blocks.{i}.mlp": captured[name].append(args[0][:, prefix:].float().cpu()))
+        for i in blocks]
+    domains, labels = [], []
+    try:
+        for x, domain, label in batches:
+            network(x)
+            domains.append(domain.cpu())
+            labels.append(label.cpu())
+    finally:
+        for hook in hooks:
+            hook.remove()
+    domains, labels = torch.cat(domains), torch.cat(labels)
+    usage = ExpertUsage(num_clusters, list(domain_names), list(class_names))
+    for name, chunks in captured.items():
+        tokens = torch.cat(chunks)  # [N images, P patches, D]
+        flat = tokens.reshape(-1, tokens.shape[-1]).numpy()
+        clusters = KMeans(num_clusters, n_init=4, random_state=seed).fit_predict(flat)
+        clusters = torch.from_numpy(clusters).reshape(tokens.shape[0], tokens.shape[1])
+        usage.by_domain[name] = count_by_group(clusters, domains, len(domain_names), num_clusters).numpy()
+        usage.by_class[name] = count_by_group(clusters, labels, len(class_names), num_clusters).numpy()
+    return usage
+
+
+def dataset_cluster_usage(algorithm, dataset_name: str, data_dir: str, blocks: list[int], num_clusters: int,
+                          max_per_env: int = 256, batch_size: int = 64, device: str | torch.device = "cpu",
+                          seed: int = 0) -> ExpertUsage:
+    """``cluster_usage`` of ``algorithm``'s featurizer over every environment of ``dataset_name``."""
+    from ..data.registry import get_dataset_class
+
+    network = algorithm.evaluation_model().featurizer
+    if not hasattr(network, "blocks"):
+        raise ValueError(f"k-means of FFN tokens needs a ViT with .blocks, got {type(network).__name__}")
+    dataset = get_dataset_class(dataset_name, data_dir)(data_dir, [], algorithm.hparams)
+    class_names = [str(c) for c in getattr(dataset, "classes", range(dataset.num_classes))]
+    algorithm.eval()
+    batches = _environment_batches(dataset, max_per_env, batch_size, device, seed)
+    return cluster_usage(network, batches, dataset.environment_names, class_names, blocks, num_clusters, seed)
 
 
 def _environment_batches(dataset, max_per_env: int, batch_size: int, device, seed: int):

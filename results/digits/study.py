@@ -13,8 +13,12 @@ One place says what is run (README.md says why):
 - trials draw their own assignment of images to domains (``environment_shuffle_seed`` =
   trial_seed), so trials are independent and rows are paired within a trial.
 
-Each (row, h) is one ``sweep launch``; sweeps skip finished runs and resume interrupted ones, so
-this script can be stopped and started again at will. One core: ``OMP_NUM_THREADS=1``.
+Each (trial, h, row) is one ``sweep launch`` (trials first: an interrupted study holds complete
+trials; within a trial the grid's middle first); sweeps skip finished runs and resume interrupted
+ones, so this script can be stopped and started again at will, and two copies started side by side
+share the jobs (a job folder is trained by one process at a time). One core each:
+``OMP_NUM_THREADS=1``. Finished runs' records go to ``results/digits/runs/`` (``publish.sh``); a
+later session copies them back into the sweep folder and goes on where the study stopped.
 """
 
 from __future__ import annotations
@@ -56,6 +60,7 @@ class Design:
     n_trials: int
     test_envs: tuple[int, ...] | None  # None: every domain held out in turn
     sweep_dir: str
+    trial_major: bool = False  # launch trial by trial (each trial complete before the next starts)
 
 
 DESIGNS = {
@@ -80,18 +85,27 @@ def pinned_hparams(row: Row) -> dict:
 
 
 def launches(design: Design) -> list[list[str]]:
-    """The ``sweep launch`` argument lists: the grid's middle learning rate first (an interrupted sweep
-    already holds a complete table at the likeliest winner), every row at one rate before the next."""
+    """The ``sweep launch`` argument lists: trial by trial when ``trial_major`` (a launch with
+    ``--n_trials t + 1`` skips the earlier, finished trials), the grid's middle learning rate first
+    (the likeliest winner), every row at one rate before the next."""
     commands = []
     middle_first = sorted(range(len(design.lr_grid)), key=lambda h: abs(h - (len(design.lr_grid) - 1) / 2))
-    for h in middle_first:
+    trial_counts = range(1, design.n_trials + 1) if design.trial_major else [design.n_trials]
+    for n_trials in trial_counts:
+        commands += _launches_of(design, middle_first, n_trials)
+    return commands
+
+
+def _launches_of(design: Design, order: list[int], n_trials: int) -> list[list[str]]:
+    commands = []
+    for h in order:
         lr = design.lr_grid[h]
         for row in ROWS:
             hparams = {"backbone": row.backbone, "image_size": IMAGE_SIZE, "batch_size": BATCH_SIZE, "lr": lr,
                        **pinned_hparams(row)}
             command = ["launch", "--datasets", DATASET, "--algorithms", row.algorithm,
                        "--hparams", json.dumps(hparams, sort_keys=True),
-                       "--n_hparams_from", str(h), "--n_hparams", str(h + 1), "--n_trials", str(design.n_trials),
+                       "--n_hparams_from", str(h), "--n_hparams", str(h + 1), "--n_trials", str(n_trials),
                        "--steps", str(design.steps), "--checkpoint_freq", str(design.checkpoint_freq),
                        "--single_test_envs", "--output_dir", design.sweep_dir,
                        "--command_launcher", "local", "--skip_confirmation"]
