@@ -1,19 +1,38 @@
 #!/usr/bin/env bash
-# From the study's sweep folder (run_study.sh) to the committed results: each run's records and
-# log (no model files), the tables (text and LaTeX), the figures, the cost and the routing analysis.
+# From the study's sweep folders to the committed results: each finished run's records and log (no
+# model files), the tables (text and LaTeX), the figures, the statistics, the cost; the pilot's
+# records, learning curves and budget summary. Runs are merged into runs/ (a later session adds
+# its finished runs to those of earlier ones).
 #
-#   results/digits/publish.sh [SWEEP_DIR]       (default: results/digits/sweep)
+#   results/digits/publish.sh [SWEEP_DIR] [PILOT_SWEEP_DIR]
+#       (defaults: results/digits/sweep, results/digits/pilot_sweep)
+#
+# To continue the study in a new checkout: copy the committed runs back into the sweep folder (their
+# folder names are the jobs' hashes, so the sweep skips them) and start the sweep again:
+#   mkdir -p results/digits/sweep && cp -r results/digits/runs/* results/digits/sweep/
+#   OMP_NUM_THREADS=1 python results/digits/study.py main &   # one copy per core
 set -euo pipefail
 SWEEP=${1:-results/digits/sweep}
+PILOT=${2:-results/digits/pilot_sweep}
 HERE=results/digits
 PYTHON=${PYTHON:-python}
 
-rm -rf "$HERE/runs" && mkdir -p "$HERE/runs"
-for run in "$SWEEP"/*/; do
-  [ -f "$run/done" ] || continue
-  mkdir -p "$HERE/runs/$(basename "$run")"
-  cp "$run/results.jsonl" "$run/done" "$run/out.txt" "$HERE/runs/$(basename "$run")/"
-done
+copy_finished() {  # copy_finished SWEEP_DIR DEST_DIR
+  mkdir -p "$2"
+  for run in "$1"/*/; do
+    [ -f "$run/done" ] || continue
+    mkdir -p "$2/$(basename "$run")"
+    cp "$run/results.jsonl" "$run/done" "$run/out.txt" "$2/$(basename "$run")/"
+  done
+}
+
+if [ -d "$PILOT" ]; then
+  copy_finished "$PILOT" "$HERE/pilot/runs"
+  "$PYTHON" "$HERE/pilot_report.py" --input_dir "$HERE/pilot/runs" --output_dir "$HERE/pilot" > /dev/null
+fi
+if [ -d "$SWEEP" ]; then
+  copy_finished "$SWEEP" "$HERE/runs"
+fi
 
 "$PYTHON" -m domainbed.scripts.collect_results --input_dir "$HERE/runs" > "$HERE/tables.txt"
 "$PYTHON" -m domainbed.scripts.collect_results --input_dir "$HERE/runs" --latex > "$HERE/tables.tex"
@@ -22,12 +41,5 @@ rm -rf "$HERE/figures"
 "$PYTHON" -m domainbed.scripts.collect_results --input_dir "$HERE/runs" --plots "$HERE/figures" > /dev/null
 rm -f "$HERE/runs/results.txt"
 "$PYTHON" "$HERE/angle_figure.py" --input_dir "$HERE/runs" --output "$HERE/figures/accuracy_by_angle.png"
-"$PYTHON" "$HERE/run_costs.py" --sweep_dir "$SWEEP" > "$HERE/costs.txt"  # needs the sweep's lock files
-
-# which experts the selected GMoE runs use, by domain and by class (needs the sweep's model files)
-for dataset in RotatedDigits ColoredDigits; do
-  for algorithm in SFMOE Fish; do
-    "$PYTHON" -m domainbed.scripts.routing_analysis --input_dir "$SWEEP" --dataset "$dataset" \
-        --algorithm "$algorithm (gmoe_micro_patch4_32)" --output_dir "$HERE/routing/$dataset-$algorithm"
-  done
-done
+"$PYTHON" "$HERE/study_statistics.py" --input_dir "$HERE/runs" > "$HERE/statistics.txt"
+"$PYTHON" "$HERE/run_costs.py" --input_dir "$HERE/runs" > "$HERE/costs.txt"

@@ -1,0 +1,34 @@
+"""One table of the routing analyses in results/digits/routing/*/specialisation.json: NMI of the top-1
+expert (or k-means cluster) with class and with domain, per MoE block, mean +/- standard error over
+the selected runs (sample s.d./sqrt(n)).
+
+    python results/digits/routing_table.py --input_dir results/digits/routing > results/digits/routing/nmi.txt
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--input_dir", required=True)
+    args = parser.parse_args()
+    print(f"{'analysis':<20} {'block':<14} {'runs':>4} {'NMI with class':>18} {'NMI with domain':>18}")
+    for path in sorted(Path(args.input_dir).glob("*/specialisation.json")):
+        summary = json.loads(path.read_text())
+        for layer in summary["layers"]:
+            cells = []
+            for variable in ("class", "domain"):
+                values = np.array([run["nmi"][layer][variable] for run in summary["runs"]])
+                se = values.std(ddof=1) / np.sqrt(len(values)) if len(values) > 1 else float("nan")
+                cells.append(f"{values.mean():.3f} +/- {se:.3f}")
+            print(f"{path.parent.name:<20} {layer:<14} {len(summary['runs']):>4} {cells[0]:>18} {cells[1]:>18}")
+
+
+if __name__ == "__main__":
+    main()
