@@ -22,6 +22,11 @@ def _grouped_mm(x: torch.Tensor, weight_t: torch.Tensor, ends: torch.Tensor) -> 
     return _grouped_mm_function()(x, weight_t, offs=ends)
 
 
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype matmuls on ``x`` run in: autocast's, where it is on."""
+    return torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
+
+
 def grouped_mm_unavailable_reason(x: torch.Tensor) -> str | None:
     """Why the grouped expert path cannot run on ``x``'s device here, or None if it can."""
     if _grouped_mm_function() is None:
@@ -101,10 +106,13 @@ class BatchedExperts(nn.Module):
         if self.implementation == "loop":
             return False
         supported = grouped_mm_supported(x, self.dim, self.hidden_dim)
-        if self.implementation == "grouped" and not supported:
-            raise RuntimeError(f"grouped expert matmuls are not available here ({grouped_mm_unavailable_reason(x)}); "
-                               "use implementation='loop' or 'auto'")
-        return supported and (self.implementation == "grouped" or x.is_cuda)
+        if self.implementation == "grouped":
+            if not supported:
+                raise RuntimeError(f"grouped expert matmuls are not available here "
+                                   f"({grouped_mm_unavailable_reason(x)}); use implementation='loop' or 'auto'")
+            return True
+        # auto: the GPU kernels are bf16/fp16 ones (Hopper); fp32 work, and the CPU, take the loop
+        return supported and x.is_cuda and _compute_dtype(x) in (torch.bfloat16, torch.float16)
 
     def _forward_loop(self, x: torch.Tensor, expert_ends: torch.Tensor) -> torch.Tensor:
         ends = expert_ends.tolist()  # the one host sync: block sizes for the Python loop
@@ -126,10 +134,12 @@ class BatchedExperts(nn.Module):
         return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
 
     def _forward_grouped(self, x: torch.Tensor, expert_ends: torch.Tensor) -> torch.Tensor:
-        dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
+        dtype = _compute_dtype(x)
         rows = torch.arange(x.shape[0], device=x.device)
         kept = (rows < expert_ends[-1]).unsqueeze(-1)
-        # grouped GEMMs leave rows past the last end unwritten (in both directions): select them away
+        # Grouped GEMMs leave the rows past the last end unwritten, in their outputs and in the
+        # gradients they return: every such row is selected away (torch.where, which stops a
+        # gradient where multiplying by zero would pass a NaN on) before anything reads it.
         x = torch.where(kept, x, 0.0).to(dtype)
         row_expert = torch.searchsorted(expert_ends, rows.to(expert_ends.dtype), right=True).clamp_(
             max=self.num_experts - 1)
@@ -139,7 +149,7 @@ class BatchedExperts(nn.Module):
         h = self.act(h)
         if self.drop.p > 0:
             h = self.drop(h)
-        h = torch.where(kept, h, 0.0)  # stops the unwritten rows' gradient before the activation and bias
+        h = torch.where(kept, h, 0.0)  # dropped rows hold act(bias), and fc2's backward leaves them unwritten
         out = _grouped_mm(h, self.fc2_weight.to(dtype).transpose(-2, -1), expert_ends)
         if self.fc2_bias is not None:
             out = out + self.fc2_bias.to(dtype)[row_expert]

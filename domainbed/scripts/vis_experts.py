@@ -6,9 +6,10 @@ Writes ``<image name>_experts.png`` per image (one panel per MoE block, patches 
 top-1 expert, dropped choices marked x) and, given ``--dataset``, ``usage_<layer>.png`` heat maps
 (share of patch tokens per expert, rows = domains / classes) with their numbers in ``usage.json``.
 
-Routing with a capacity limit depends on the batch, so batch composition is fixed: image maps
-route one image at a time; usage runs batches of ``--batch_size`` (64) images of one environment,
-sampled with a fixed seed (``--max_per_env`` per environment).
+Evaluation applies the capacity limit per image (the models' default ``eval_capacity``), so
+routing does not depend on the batch; image maps still route one image at a time (a model set to
+batch-wide evaluation capacity would otherwise differ), and usage runs batches of ``--batch_size``
+(64) images of one environment, sampled with a fixed seed (``--max_per_env`` per environment).
 """
 
 from __future__ import annotations

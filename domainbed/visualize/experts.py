@@ -1,9 +1,10 @@
 """Which expert each patch goes to: per-MoE-block maps of the router's top-1 choice.
 
 The maps come from ``SparseMoE.last_routing`` after an ordinary eval-mode forward. With a
-capacity limit (not dropless), an expert takes a bounded number of tokens per *batch*, so a
-patch's routing can depend on the other images in the batch: the map of an image is only
-reproducible for a fixed batch composition, and ``save_expert_maps`` uses batches of one image.
+capacity limit (not dropless), evaluation applies it to each image's tokens on their own
+(``eval_capacity="per_image"``, the default), so a map does not depend on the other images of the
+batch; a model set to ``eval_capacity="batch"`` would route differently in other batches, which is
+why ``save_expert_maps`` routes one image at a time.
 """
 
 from __future__ import annotations

@@ -85,7 +85,7 @@ def summary(data: dict, budgets: list[int], window: int) -> list[str]:
     return lines
 
 
-def figure(data: dict, path: Path) -> None:
+def figure(data: dict, path: Path, budget: int | None = None) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -111,6 +111,8 @@ def figure(data: dict, path: Path) -> None:
             ax.grid(alpha=0.3)
             if name == "train":
                 ax.axhline(0.9, color="grey", lw=0.8)
+            if budget:
+                ax.axvline(budget, color="black", lw=0.8, ls="--")
     fig.legend(loc="lower center", ncol=len(lrs), fontsize=7, bbox_to_anchor=(0.5, -0.02 - 0.02 * len(rows)))
     fig.tight_layout()
     fig.savefig(path, dpi=110, bbox_inches="tight")
@@ -120,8 +122,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--input_dir", required=True)
     parser.add_argument("--output_dir", required=True)
-    parser.add_argument("--budgets", type=int, nargs="+", default=[600, 900, 1200, 1500, 2100, 3000])
+    parser.add_argument("--budgets", type=int, nargs="+", default=[600, 900, 1200, 1500, 2000, 3000])
     parser.add_argument("--window", type=int, default=300)
+    parser.add_argument("--chosen", type=int, default=2000, help="the budget chosen, marked on the curves")
     args = parser.parse_args(argv)
     data = curves(load_records(args.input_dir).records)
     out = Path(args.output_dir)
@@ -129,7 +132,7 @@ def main(argv: list[str] | None = None) -> None:
     lines = summary(data, args.budgets, args.window)
     (out / "summary.txt").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
-    figure(data, out / "curves.png")
+    figure(data, out / "curves.png", args.chosen)
 
 
 if __name__ == "__main__":

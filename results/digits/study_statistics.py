@@ -18,6 +18,8 @@ trials in which a row has every held-out domain count. Then:
    residual (held-out minus that prediction, at its selected checkpoints) says whether it
    generalises better than its validation accuracy predicts. Residuals compare paired by trial too.
 4. **Learning rates selected**: how often each learning rate of the grid won, per row.
+5. **Trained to a plateau?** Per row, over every run: the median training-domain accuracy at the
+   last checkpoint and the median change of held-out accuracy between the last two checkpoints.
 """
 
 from __future__ import annotations
@@ -137,6 +139,20 @@ def analyse(records: list[dict], dataset: str) -> list[str]:
     out += ["", "Learning rate selected (count over trials x held-out domains):"]
     for row in rows:
         out.append(f"  {row:34s} " + ", ".join(f"{lr:g}: {n}" for lr, n in sorted(lr_wins[row].items())))
+    out += ["", "Trained to a plateau? Over every run (all learning rates): median training-domain accuracy at the "
+                "last checkpoint, and median |change| of held-out accuracy between the last two checkpoints:"]
+    runs: dict[str, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
+    for record in records:  # labelled: args.algorithm is the row ("ALGORITHM (backbone)")
+        runs[record["args"]["algorithm"]][record["args"]["output_dir"]].append(record)
+    for row in rows:
+        finals, changes = [], []
+        for run_records in runs[row].values():
+            ordered = sorted(run_records, key=lambda r: r["step"])
+            finals.append(split_accuracies(ordered[-1])["train"])
+            if len(ordered) > 1:
+                changes.append(abs(split_accuracies(ordered[-1])["held_out"] - split_accuracies(ordered[-2])["held_out"]))
+        out.append(f"  {row:34s} {len(finals):4d} runs: training-domain accuracy {100 * np.median(finals):.1f}%, "
+                   f"held-out change {100 * np.median(changes):.1f} points (largest {100 * max(changes):.1f})")
     return out
 
 
