@@ -172,6 +172,29 @@ def test_reported_values_leave_the_balance_loss_out(name, kit, monkeypatch):
                 f"{name} reports '{key}' with the balance loss in it"
 
 
+class _DeviceOnlyScalar(torch.Tensor):
+    """A counter buffer that fails when the host reads it: on a GPU each such read waits for the device."""
+
+    def _refuse(self, *args, **kwargs):
+        raise AssertionError("an update read a counter buffer on the host (read a host mirror, e.g. Algorithm.updates)")
+
+    __bool__ = __int__ = __index__ = __float__ = item = tolist = _refuse
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_updates_never_read_counter_buffers_on_the_host(name, kit):
+    """Schedules (adversarial turns, penalty annealing, averaging windows) read host mirrors of their
+    integer buffers, so a GPU step never waits for the device to count."""
+    algorithm = kit.algorithm(name, "dense", **OVERRIDES.get(name, {}))
+    for module in algorithm.modules():
+        for key, buffer in module._buffers.items():
+            if buffer is not None and not buffer.is_floating_point():
+                module._buffers[key] = buffer.as_subclass(_DeviceOnlyScalar)
+    for step in range(3):
+        algorithm.update(kit.minibatches())
+        algorithm.after_step(step)
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_dense_backbone_reports_no_moe_loss(name, kit):
     values = kit.algorithm(name, "dense").update(kit.minibatches())

@@ -7,7 +7,8 @@ these on the H200 machine before it measures anything.
 - gate noise is a fresh draw at every step and differs between ranks (an augmentation seed never
   reseeds a CUDA generator);
 - a run resumed from its checkpoint ends bit-identical to an uninterrupted one (``--deterministic``);
-- one bf16 update of every algorithm on the GMoE twin gives finite values.
+- one bf16 update of every algorithm on the GMoE twin gives finite values;
+- the colour augmentation on the GPU (``--augment_on device``) equals the same draws on the CPU.
 """
 
 import json
@@ -82,6 +83,17 @@ def test_router_stays_float32_under_bf16_autocast():
         out = moe(x)
     assert clean.dtype == noisy.dtype == probs.dtype == moe.aux_loss.dtype == torch.float32
     assert out.dtype == torch.bfloat16
+
+
+def test_colour_augmentation_on_cuda_equals_the_cpu():
+    from domainbed.data.device_augment import PhotometricAugment, PhotometricDraw
+
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (32, 3, 24, 24), dtype=torch.uint8, generator=generator)
+    torch.manual_seed(0)
+    params = torch.stack([PhotometricDraw()(image)[1] for image in images])
+    augment = PhotometricAugment((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    torch.testing.assert_close(augment(images.cuda(), params).cpu(), augment(images, params), atol=1e-5, rtol=1e-5)
 
 
 def test_gate_noise_is_fresh_every_step_and_differs_between_ranks(tmp_path):

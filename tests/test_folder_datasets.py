@@ -92,7 +92,7 @@ def test_a_folder_is_a_dataset_of_sorted_domains_and_the_union_of_classes(data_d
     x, y = ds[0][len(ds[0]) - 1]
     assert isinstance(x, Image.Image) and x.size == (16, 16) and y == 2
     assert ds.eval_transform(x).shape == (3, 32, 32)
-    assert ds.train_transform(1) is ds._train_transform and ds.train_transform(0) is ds.eval_transform
+    assert ds.train_transform(1) is not ds.eval_transform and ds.train_transform(0) is ds.eval_transform
 
 
 def test_the_catalog_describes_it_and_default_hparams_are_the_image_datasets(data_dir):
@@ -163,6 +163,18 @@ def test_train_records_name_the_folder_dataset(trained, data_dir, read_records):
         assert {f"env{i}_{s}_acc" for i in range(3) for s in ("in", "out")} <= set(record)
         assert "env3_out_acc" not in record
     assert (trained / "model.pkl").is_file() and (trained / "done").is_file()
+
+
+def test_colour_augmentation_on_the_device_trains_on_the_same_draws(trained, data_dir, tmp_path, read_records):
+    """``--augment_on device``: the same run, its colour jitter computed on the training device in float
+    (the loader path, ``auto`` on a CPU, rounds to 8 bits): the losses move by rounding only."""
+    out = tmp_path / "on_device"
+    train.main(["--data_dir", str(data_dir), "--dataset", "Widgets", "--steps", "3", "--test_envs", "0",
+                "--hparams", SMALL, "--num_workers", "0", "--output_dir", str(out), "--augment_on", "device"])
+    on_loader, on_device = read_records(trained), read_records(out)
+    assert on_loader[-1]["args"]["augment_on"] == "loader" and on_device[-1]["args"]["augment_on"] == "device"
+    for a, b in zip(on_loader, on_device):
+        assert b["loss"] == pytest.approx(a["loss"], rel=0.02) and b["loss"] != a["loss"]
 
 
 def test_evaluate_reads_the_trained_folder_dataset(trained, capsys):

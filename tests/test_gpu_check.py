@@ -27,9 +27,11 @@ def test_the_gpu_check_dry_run_fills_every_table(tmp_path):
     assert {row["shape"] for row in layers} == set(check.LAYER_SHAPES)
     assert {"dense FFN", "MoE top-1, loop"} <= {row["layer"] for row in layers}
     loading = sections["data"]["result"]
-    assert loading["decode_images_per_s"] > 0 and loading["train_images_per_s"] > 0
-    assert 0 <= loading["data_wait_share"] <= 1
+    assert set(loading["loader_images_per_s"]) == {"loader", "device"} and loading["device_augment_ms_per_batch"] > 0
+    assert [run["augment_on"] for run in loading["runs"]] == ["loader", "device"]
+    assert all(0 <= run["data_wait_share"] <= 1 and run["train_images_per_s"] > 0 for run in loading["runs"])
     assert "passed" in sections["cuda_tests"]["result"]["summary"] or "skipped" in sections["cuda_tests"]["result"]["summary"]
     report = (tmp_path / "gpu_check.md").read_text()
     assert report.count("| GMoE-S/16 top-1 |") == 2 and "| ViT-B (768 -> 3072) | dense FFN |" in report
+    assert "| device | " in report
     assert json.loads((tmp_path / "gpu_check.json").read_text())["dry_run"] is True

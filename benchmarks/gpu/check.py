@@ -16,9 +16,10 @@ one that would not fit in what is left of ``--budget_s`` is skipped and says so:
    autocast: ms per step, images/s, peak memory; eager and ``torch.compile``d.
 4. ``moe_layer``: the MoE layer (top-1, capacity 1.5) against the dense FFN it replaces at ViT-S and
    ViT-B widths, loop and grouped experts, forward + backward, bf16.
-5. ``data``: decode + augmentation images/s of a 224 px JPEG tree with DomainBed's training
-   transform on every CPU core, and an end-to-end ``train`` on that PACS-shaped tree: images/s and
-   the share of the step spent waiting for data.
+5. ``data``: the loader's images/s on every CPU core for a 224 px JPEG tree, with DomainBed's whole
+   training augmentation and with its colour half left to the device (``--augment_on``), the
+   device's ms for that half, and an end-to-end ``train`` on that PACS-shaped tree each way:
+   images/s and the share of the step spent waiting for data.
 
 Writes ``DIR/gpu_check.md`` (the tables), ``DIR/gpu_check.json`` (every number) and
 ``DIR/log.txt`` (everything printed, the pytest output included).
@@ -47,7 +48,7 @@ import torch.nn.functional as F  # noqa: E402
 
 # ------------------------------------------------------------------------------------- sizes
 FULL = dict(batch=160, img=224, classes=7, warmup=6, steps=20, layer_tokens=32 * 197, layer_repeats=30,
-            jpeg_per_class=48, jpeg_side=256, e2e_steps=60, e2e_batch=32, decode_batches=30, pytest_timeout=420)
+            jpeg_per_class=48, jpeg_side=256, e2e_steps=40, e2e_batch=32, decode_batches=30, pytest_timeout=420)
 DRY = dict(batch=8, img=32, classes=7, warmup=1, steps=2, layer_tokens=2 * 65, layer_repeats=2,
            jpeg_per_class=3, jpeg_side=40, e2e_steps=3, e2e_batch=4, decode_batches=2, pytest_timeout=120)
 MODELS = {  # label -> (timm name, kwargs); the dry run swaps in the micro twins
@@ -300,19 +301,14 @@ def _jpeg_tree(check: Check) -> Path:
     return root
 
 
-def data(check: Check) -> dict:
+def _loader_rate(check: Check, dataset, on_device: bool, workers: int) -> float:
+    """Training images/s that ``workers`` loader processes deliver (decode + the loader's augmentation)."""
     from torch.utils.data import DataLoader
 
     from domainbed.data.loaders import SeededTransform, StepBatchSampler
-    from domainbed.data.registry import get_dataset_class
 
-    size = check.size
-    root = _jpeg_tree(check)
-    workers = os.cpu_count() or 1
-    hparams = {"image_size": size["img"]}
-    dataset = get_dataset_class("PACS")(str(root), [3], hparams)
-    environment = dataset[0]
-    loader = DataLoader(SeededTransform(environment, dataset.train_transform(0)),
+    size, environment = check.size, dataset[0]
+    loader = DataLoader(SeededTransform(environment, dataset.train_transform(0, on_device)),
                         batch_sampler=StepBatchSampler(len(environment), size["e2e_batch"] * 3, seed=0),
                         num_workers=workers, persistent_workers=True, prefetch_factor=4)
     batches = iter(loader)
@@ -320,15 +316,28 @@ def data(check: Check) -> dict:
     started = time.perf_counter()
     for _ in range(size["decode_batches"]):
         next(batches)
-    decode_rate = size["decode_batches"] * size["e2e_batch"] * 3 / (time.perf_counter() - started)
+    rate = size["decode_batches"] * size["e2e_batch"] * 3 / (time.perf_counter() - started)
     del batches, loader
-    check.log(f"decode + augmentation: {decode_rate:.0f} images/s on {workers} workers")
+    return rate
 
-    run_dir = check.out / "e2e_run"
+
+def _device_augment_ms(check: Check, dataset) -> float:
+    """ms the device takes to jitter, grayscale and normalise one model-step batch of uint8 images."""
+    size = check.size
+    augment = dataset.device_augment(0, True)
+    draw = dataset.train_transform(0, True).transforms[-1]
+    images = torch.randint(0, 256, (size["batch"], 3, size["img"], size["img"]), dtype=torch.uint8, device=check.device)
+    params = torch.stack([draw(image)[1] for image in images.cpu()])
+    return statistics.median(timed(check, lambda: augment(images, params), size["warmup"], size["steps"])) * 1000
+
+
+def _train_on_jpegs(check: Check, root: Path, augment_on: str) -> dict:
+    size = check.size
+    run_dir = check.out / f"e2e_run_{augment_on}"
     command = [sys.executable, "-m", "domainbed.scripts.train", "--data_dir", str(root), "--dataset", "PACS",
                "--algorithm", "SFMOE", "--test_envs", "3", "--steps", str(size["e2e_steps"]),
                "--checkpoint_freq", str(max(size["e2e_steps"] // 2, 1)), "--output_dir", str(run_dir),
-               "--precision", "bf16", "--no-progress", "--eval_batch_size", "256",
+               "--precision", "bf16", "--no-progress", "--eval_batch_size", "256", "--augment_on", augment_on,
                "--hparams", json.dumps({"pretrained": False, "batch_size": size["e2e_batch"], "image_size": size["img"],
                                         **({"backbone": "gmoe_micro_patch4_32"} if check.dry_run else {})})]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
@@ -338,10 +347,26 @@ def data(check: Check) -> dict:
     records = [json.loads(line) for line in (run_dir / "results.jsonl").read_text().splitlines()]
     last = records[-1]  # the interval after the first checkpoint: compilation and warm-up excluded
     images_per_step = 3 * size["e2e_batch"]
-    return {"decode_images_per_s": round(decode_rate, 1), "workers": workers,
-            "train_images_per_s": round(images_per_step / last["step_time"], 1),
+    return {"augment_on": augment_on, "train_images_per_s": round(images_per_step / last["step_time"], 1),
             "data_wait_share": round(last["data_time"] / last["step_time"], 3),
             "step_time_s": round(last["step_time"], 4), "images_per_step": images_per_step}
+
+
+def data(check: Check) -> dict:
+    """The loader's rate with the whole augmentation and with its colour half left to the device, the
+    device's cost for that half, and ``train`` end to end both ways."""
+    from domainbed.data.registry import get_dataset_class
+
+    root = _jpeg_tree(check)
+    workers = os.cpu_count() or 1
+    dataset = get_dataset_class("PACS")(str(root), [3], {"image_size": check.size["img"]})
+    rates = {mode: round(_loader_rate(check, dataset, mode == "device", workers), 1) for mode in ("loader", "device")}
+    check.log(f"loader images/s on {workers} workers: {rates}")
+    augment_ms = round(_device_augment_ms(check, dataset), 3)
+    check.log(f"device colour augmentation: {augment_ms} ms per batch of {check.size['batch']}")
+    runs = [_train_on_jpegs(check, root, mode) for mode in ("loader", "device")]
+    return {"workers": workers, "loader_images_per_s": rates, "device_augment_ms_per_batch": augment_ms,
+            "batch": check.size["batch"], "runs": runs}
 
 
 # ------------------------------------------------------------------------------------- report
@@ -374,16 +399,19 @@ def markdown(results: dict) -> str:
         lines += [f"| {r['shape']} | {r['layer']} | {r['ms_fwd_bwd']} | {r['vs_dense']} |" for r in layer["rows"]]
     loading = sections.get("data", {}).get("result")
     if loading:
-        lines += ["", "Data (224 px JPEG, DomainBed's training augmentation):", "",
-                  "| decode + augment images/s | workers | train images/s (SF-MoE, GMoE-S/16, bf16) | data wait share |",
-                  "|---|---|---|---|",
-                  f"| {loading['decode_images_per_s']} | {loading['workers']} | {loading['train_images_per_s']} | "
-                  f"{loading['data_wait_share']} |"]
+        rates = loading["loader_images_per_s"]
+        lines += ["", f"Data (224 px JPEG, DomainBed's training augmentation, {loading['workers']} loader workers; "
+                      f"colour augmentation on the device: {loading['device_augment_ms_per_batch']} ms per "
+                      f"{loading['batch']} images):", "",
+                  "| colour augmentation on | loader images/s | train images/s (SF-MoE, GMoE-S/16, bf16) | data wait share |",
+                  "|---|---|---|---|"]
+        lines += [f"| {r['augment_on']} | {rates[r['augment_on']]} | {r['train_images_per_s']} | {r['data_wait_share']} |"
+                  for r in loading["runs"]]
     return "\n".join(lines) + "\n"
 
 
 SECTIONS = (("environment", environment, 20), ("cuda_tests", cuda_tests, 150), ("moe_layer", moe_layer, 30),
-            ("model_step", model_step, 40), ("data", data, 90), ("model_step_compiled", model_step_compiled, 80))
+            ("model_step", model_step, 40), ("model_step_compiled", model_step_compiled, 80), ("data", data, 120))
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -89,7 +89,7 @@ class ADRMX(Algorithm):
 
     def __init__(self, input_shape, num_classes, num_domains, hparams):
         super().__init__(input_shape, num_classes, num_domains, hparams)
-        self.register_buffer("update_count", torch.tensor([0]))
+        self.register_update_count()
         self.featurizer = build_featurizer(input_shape, hparams)
         self.featurizer_domain = build_featurizer(input_shape, hparams)
         width = self.featurizer.num_features
@@ -108,7 +108,7 @@ class ADRMX(Algorithm):
     def is_discriminator_step(self) -> bool:
         """Whether the current update (``update_count`` already incremented) trains the discriminator."""
         d_steps = self.hparams["d_steps_per_g_step"]
-        return self.update_count.item() % (1 + d_steps) < d_steps
+        return self.updates % (1 + d_steps) < d_steps
 
     def remix_loss(self, invariant: torch.Tensor, domain_features: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         firsts, seconds = [], []
@@ -126,7 +126,7 @@ class ADRMX(Algorithm):
         return F.cross_entropy(logits, y[first], reduction="sum") / self.num_classes
 
     def update(self, minibatches, unlabeled=None) -> dict:
-        self.update_count += 1
+        self.count_update()
         x = torch.cat([x for x, _ in minibatches])
         y = torch.cat([y for _, y in minibatches])
         domains = domain_labels(minibatches)

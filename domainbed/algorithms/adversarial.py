@@ -81,7 +81,7 @@ class AbstractDANN(Algorithm):
 
     def __init__(self, input_shape, num_classes, num_domains, hparams):
         super().__init__(input_shape, num_classes, num_domains, hparams)
-        self.register_buffer("update_count", torch.tensor([0]))
+        self.register_update_count()
         self.featurizer = build_featurizer(input_shape, hparams)
         width = self.featurizer.num_features
         self.classifier = build_classifier(width, num_classes, hparams.get("nonlinear_classifier", False))
@@ -100,7 +100,7 @@ class AbstractDANN(Algorithm):
     def is_discriminator_step(self) -> bool:
         """Whether the current update (``update_count`` already incremented) trains the discriminator."""
         d_steps = self.hparams["d_steps_per_g_step"]
-        return self.update_count.item() % (1 + d_steps) < d_steps
+        return self.updates % (1 + d_steps) < d_steps
 
     def discriminator_loss(self, features: torch.Tensor, y: torch.Tensor, domains: torch.Tensor) -> torch.Tensor:
         disc_input = features + self.class_embeddings(y) if self.conditional else features
@@ -114,7 +114,7 @@ class AbstractDANN(Algorithm):
         return loss
 
     def update(self, minibatches, unlabeled=None) -> dict:
-        self.update_count += 1
+        self.count_update()
         x = torch.cat([x for x, _ in minibatches])
         y = torch.cat([y for _, y in minibatches])
         domains = domain_labels(minibatches)

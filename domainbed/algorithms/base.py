@@ -188,6 +188,32 @@ class Algorithm(nn.Module):
         total = torch.stack([loss for values in losses.values() for loss in values]).sum()
         return self.hparams.get("aux_loss_weight", 0.0) * total
 
+    # ------------------------------------------------------------------ update count
+    def register_update_count(self) -> None:
+        """DomainBed's ``update_count`` buffer (in the state, so that a resumed run continues its
+        schedules), mirrored on the host: schedules read ``updates`` without waiting for the GPU."""
+        self.register_buffer("update_count", torch.tensor([0]))
+        self._updates_on_host: int | None = 0
+
+    @property
+    def updates(self) -> int:
+        """The updates counted so far (read from the device only once after a state load)."""
+        if self._updates_on_host is None:
+            self._updates_on_host = int(self.update_count)
+        return self._updates_on_host
+
+    def count_update(self) -> int:
+        """Count one update; returns the new count."""
+        count = self.updates + 1
+        self.update_count += 1
+        self._updates_on_host = count
+        return count
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        if "update_count" in self._buffers:
+            self._updates_on_host = None
+
     # ------------------------------------------------------------------ declared state
     @property
     def training_objects(self) -> dict[str, object]:

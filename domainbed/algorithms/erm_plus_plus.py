@@ -108,13 +108,13 @@ class ERMPlusPlus(ERM):
                                                 weight_decay=hparams["weight_decay"])
         self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(self.optimizer, "min", patience=1)
         self.network_sma = AveragedNetwork(self.network)
-        self.register_buffer("update_count", torch.tensor([0]))
+        self.register_update_count()
         self.register_buffer("lr_reductions", torch.tensor(0))
 
     @property
     def probing(self) -> bool:
         """Whether the next update trains only the classifier."""
-        return int(self.update_count) <= self.hparams["linear_steps"]
+        return self.updates <= self.hparams["linear_steps"]
 
     def update(self, minibatches, unlabeled=None) -> dict:
         x = torch.cat([x for x, _ in minibatches])
@@ -127,8 +127,8 @@ class ERMPlusPlus(ERM):
         self.network.zero_grad(set_to_none=True)
         (loss + self.moe_aux_loss()).backward()
         (self.linear_optimizer if probing else self.optimizer).step()
-        self.update_count += 1
-        if int(self.update_count) >= self.SMA_START_ITER:
+        self.count_update()
+        if self.updates >= self.SMA_START_ITER:
             self.network_sma.update(self.network)
         else:
             self.network_sma.reset(self.network)

@@ -51,7 +51,7 @@ class Fishr(ERM):
 
     def __init__(self, input_shape, num_classes, num_domains, hparams):
         super().__init__(input_shape, num_classes, num_domains, hparams)
-        self.register_buffer("update_count", torch.tensor([0]))
+        self.register_update_count()
         num_params = sum(p.numel() for p in self.classifier.parameters())
         self.register_buffer("grad_variance_ema", torch.zeros(num_domains, num_params))
 
@@ -77,13 +77,13 @@ class Fishr(ERM):
         penalty = self.penalty(features, y, [len(x) for x, _ in minibatches])
 
         penalty_weight = 0.0
-        if self.update_count >= self.hparams["penalty_anneal_iters"]:
+        if self.updates >= self.hparams["penalty_anneal_iters"]:
             penalty_weight = self.hparams["lambda"]
-            if self.update_count == self.hparams["penalty_anneal_iters"] != 0:
+            if self.updates == self.hparams["penalty_anneal_iters"] != 0:
                 # Adam's moments do not suit the sudden jump in gradient magnitude
                 self.optimizer = torch.optim.Adam(self.network.parameters(), lr=self.hparams["lr"],
                                                   weight_decay=self.hparams["weight_decay"])
-        self.update_count += 1
+        self.count_update()
 
         objective = nll + penalty_weight * penalty
         self.optimizer.zero_grad(set_to_none=True)

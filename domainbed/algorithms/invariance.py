@@ -75,10 +75,10 @@ class _PenalisedERM(ERM):
 
     def __init__(self, input_shape, num_classes, num_domains, hparams):
         super().__init__(input_shape, num_classes, num_domains, hparams)
-        self.register_buffer("update_count", torch.tensor([0]))
+        self.register_update_count()
 
     def update(self, minibatches, unlabeled=None) -> dict:
-        step, hp = int(self.update_count), self.hparams
+        step, hp = self.updates, self.hparams
         sizes = [len(x) for x, _ in minibatches]
         features = self.featurizer(torch.cat([x for x, _ in minibatches]))
         logits = self.classifier(features)
@@ -95,7 +95,7 @@ class _PenalisedERM(ERM):
         self.optimizer.zero_grad(set_to_none=True)
         (loss + self.moe_aux_loss()).backward()
         self.optimizer.step()
-        self.update_count += 1
+        self.count_update()
         return {"loss": loss.detach(), "nll": nll.detach(), **values}
 
 

@@ -56,10 +56,10 @@ class VREx(ERM):
 
     def __init__(self, input_shape, num_classes, num_domains, hparams):
         super().__init__(input_shape, num_classes, num_domains, hparams)
-        self.register_buffer("update_count", torch.tensor([0]))
+        self.register_update_count()
 
     def update(self, minibatches, unlabeled=None) -> dict:
-        step, hp = int(self.update_count), self.hparams
+        step, hp = self.updates, self.hparams
         logits = _per_domain(self.network(torch.cat([x for x, _ in minibatches])), minibatches)
         risks = torch.stack([F.cross_entropy(z, y) for z, (_, y) in zip(logits, minibatches)])
         mean, penalty = risks.mean(), risk_variance(risks)
@@ -70,7 +70,7 @@ class VREx(ERM):
         self.optimizer.zero_grad(set_to_none=True)
         (loss + self.moe_aux_loss()).backward()
         self.optimizer.step()
-        self.update_count += 1
+        self.count_update()
         return {"loss": loss.detach(), "nll": mean.detach(), "penalty": penalty.detach()}
 
 
@@ -128,10 +128,10 @@ class EQRM(ERM):
 
     def __init__(self, input_shape, num_classes, num_domains, hparams):
         super().__init__(input_shape, num_classes, num_domains, hparams)
-        self.register_buffer("update_count", torch.tensor([0]))
+        self.register_update_count()
 
     def update(self, minibatches, unlabeled=None) -> dict:
-        step, hp = int(self.update_count), self.hparams
+        step, hp = self.updates, self.hparams
         risks = torch.stack([F.cross_entropy(self.network(x), y) for x, y in minibatches])
         burnin = hp["eqrm_burnin_iters"]
         if step < burnin:
@@ -143,7 +143,7 @@ class EQRM(ERM):
         self.optimizer.zero_grad(set_to_none=True)
         (loss + self.moe_aux_loss()).backward()
         self.optimizer.step()
-        self.update_count += 1
+        self.count_update()
         return {"loss": loss.detach()}
 
 
@@ -194,10 +194,10 @@ class RDM(ERM):
 
     def __init__(self, input_shape, num_classes, num_domains, hparams):
         super().__init__(input_shape, num_classes, num_domains, hparams)
-        self.register_buffer("update_count", torch.tensor([0]))
+        self.register_update_count()
 
     def update(self, minibatches, unlabeled=None) -> dict:
-        step, hp = int(self.update_count), self.hparams
+        step, hp = self.updates, self.hparams
         annealed = step >= hp["rdm_penalty_anneal_iters"]
         logits = self.network(torch.cat([x for x, _ in minibatches]))
         losses = F.cross_entropy(logits, torch.cat([y for _, y in minibatches]), reduction="none")
@@ -209,6 +209,6 @@ class RDM(ERM):
         self.optimizer.zero_grad(set_to_none=True)
         (total + self.moe_aux_loss()).backward()
         self.optimizer.step()
-        self.update_count += 1
+        self.count_update()
         return {"total_loss": total.detach(), "erm_loss": erm_loss.detach(),
                 "matching_penalty": matching.detach(), "variance_penalty": variance.detach()}

@@ -77,7 +77,7 @@ class TRM(ERM):
 
     def __init__(self, input_shape, num_classes, num_domains, hparams):
         super().__init__(input_shape, num_classes, num_domains, hparams)
-        self.register_buffer("update_count", torch.tensor([0]))
+        self.register_update_count()
         num_features = self.featurizer.num_features
         self.domain_classifiers = nn.ModuleList(nn.Linear(num_features, num_classes) for _ in range(num_domains))
         self.domain_optimizer = torch.optim.SGD(self.domain_classifiers.parameters(), lr=DOMAIN_CLASSIFIER_LR)
@@ -116,7 +116,7 @@ class TRM(ERM):
     def update(self, minibatches, unlabeled=None) -> dict:
         x = torch.cat([x for x, _ in minibatches])
         y = torch.cat([y for _, y in minibatches])
-        transferring = bool(self.update_count >= self.hparams["iters"])
+        transferring = self.updates >= self.hparams["iters"]
         if transferring:
             if self.hparams["class_balanced"]:  # start every domain classifier from the shared weights
                 with torch.no_grad():
@@ -135,5 +135,5 @@ class TRM(ERM):
         self.optimizer.zero_grad(set_to_none=True)
         (nll + trm_loss + self.moe_aux_loss()).backward()
         self.optimizer.step()
-        self.update_count += 1
+        self.count_update()
         return {"nll": nll.detach(), "trm_loss": trm_loss.detach()}

@@ -61,9 +61,16 @@ class MultipleDomainDataset:
         """Deterministic x_raw -> float tensor of shape ``input_shape``."""
         raise NotImplementedError
 
-    def train_transform(self, env_index: int) -> Transform:
-        """The transform for training items of ``env_index``: augmentation unless disabled or a test env."""
+    def train_transform(self, env_index: int, photometric_on_device: bool = False) -> Transform:
+        """The transform for training items of ``env_index``: augmentation unless disabled or a test env.
+        ``photometric_on_device``: leave the colour augmentation's pixels to ``device_augment``
+        (datasets without it ignore the flag)."""
         return self.eval_transform
+
+    def device_augment(self, env_index: int, photometric_on_device: bool) -> Callable | None:
+        """What the training device applies to ``env_index``'s training batches, if anything:
+        ``(uint8 images, params) -> inputs`` (see ``train_transform``)."""
+        return None
 
     def __getitem__(self, index: int) -> Dataset:
         return self.datasets[index]
@@ -107,29 +114,50 @@ class TensorDomainDataset(MultipleDomainDataset):
 
         return identity
 
-    def train_transform(self, env_index: int) -> Transform:
-        return self.eval_transform
-
 
 class ImageDomainDataset(MultipleDomainDataset):
     """Base for datasets of PIL images: square ``image_size`` inputs (hparam, default 224), ImageNet statistics."""
 
     def __init__(self, root: str, test_envs: Sequence[int], hparams: dict | None = None) -> None:
-        from .transforms import image_eval_transform, image_size_from, image_train_transform
+        from .transforms import image_eval_transform, image_size_from
 
         super().__init__(root, test_envs, hparams)
         self.image_size = image_size_from(self.hparams)
         self.input_shape = (3, self.image_size, self.image_size)
         self._eval_transform = image_eval_transform(self.image_size)
-        self._train_transform = image_train_transform(self.image_size)
+        self._train_transforms: dict[bool, Transform] = {}
 
     @property
     def eval_transform(self) -> Transform:
         return self._eval_transform
 
-    def train_transform(self, env_index: int) -> Transform:
+    def geometric_augmentation(self) -> list:
+        """The augmentation before the colour one: DomainBed's random resized crop and flip."""
+        from torchvision.transforms import v2
+
+        return [v2.RandomResizedCrop(self.image_size, scale=(0.7, 1.0)), v2.RandomHorizontalFlip()]
+
+    def _augments(self, env_index: int) -> bool:
         if not 0 <= env_index < len(self.ENVIRONMENTS):
             raise ValueError(f"environment index {env_index} out of range for {type(self).__name__}")
-        if self.data_augmentation and env_index not in self.test_envs:
-            return self._train_transform
-        return self._eval_transform
+        return self.data_augmentation and env_index not in self.test_envs
+
+    def train_transform(self, env_index: int, photometric_on_device: bool = False) -> Transform:
+        if not self._augments(env_index):
+            return self._eval_transform
+        if photometric_on_device not in self._train_transforms:
+            from torchvision.transforms import v2
+
+            from .transforms import photometric_augmentation
+
+            self._train_transforms[photometric_on_device] = v2.Compose(
+                [*self.geometric_augmentation(), *photometric_augmentation(photometric_on_device)])
+        return self._train_transforms[photometric_on_device]
+
+    def device_augment(self, env_index: int, photometric_on_device: bool) -> Callable | None:
+        if not (photometric_on_device and self._augments(env_index)):
+            return None
+        from .device_augment import PhotometricAugment
+        from .transforms import IMAGENET_MEAN, IMAGENET_STD
+
+        return PhotometricAugment(IMAGENET_MEAN, IMAGENET_STD)

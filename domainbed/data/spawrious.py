@@ -40,14 +40,12 @@ from __future__ import annotations
 import os
 from typing import NamedTuple, Sequence
 
-import torch
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
 from .base import ImageDomainDataset
 from .catalog import SPAWRIOUS_CLASSES, SPAWRIOUS_DATASETS, SPAWRIOUS_FOLDER, SPAWRIOUS_PARTS
 from .image_folders import load_rgb_image
-from .transforms import IMAGENET_MEAN, IMAGENET_STD
 
 IMAGES_PER_FOLDER = 3168  # images in each <part>/<background>/<class>/ folder (DomainBed's `total`)
 O2O_SHARES = (0.97, 0.87)  # share of a breed on its own background in SC_group_1, SC_group_2
@@ -116,19 +114,6 @@ def environment_sources(name: str, per_folder: int | None = None) -> list[list[S
             _one_per_breed(part, _swap_pairs(train), per_folder)]
 
 
-def spawrious_train_transform(image_size: int) -> v2.Compose:
-    """DomainBed's Spawrious augmentation: resize (no random crop), flip, colour jitter, grayscale."""
-    return v2.Compose([
-        v2.Resize((image_size, image_size)),
-        v2.RandomHorizontalFlip(),
-        v2.ColorJitter(0.3, 0.3, 0.3, 0.3),
-        v2.RandomGrayscale(),
-        v2.ToImage(),
-        v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD),
-    ])
-
-
 class SpawriousEnvironment(Dataset):
     """One assembled environment: ``samples`` are ``(path, label)``; items are ``(PIL image, int)``."""
 
@@ -152,7 +137,6 @@ class SpawriousBenchmark(ImageDomainDataset):
 
     def __init__(self, root: str, test_envs: Sequence[int], hparams: dict | None = None) -> None:
         super().__init__(root, test_envs, hparams)
-        self._train_transform = spawrious_train_transform(self.image_size)
         self.classes = list(SPAWRIOUS_CLASSES)
         self.num_classes = len(self.classes)
         self.sources = environment_sources(type(self).__name__)
@@ -164,6 +148,10 @@ class SpawriousBenchmark(ImageDomainDataset):
             SpawriousEnvironment([(path, label[s.class_name]) for s in env for path in files[s.folder][:s.limit]])
             for env in self.sources
         ]
+
+    def geometric_augmentation(self) -> list:
+        """DomainBed's Spawrious augmentation resizes (no random crop) before the flip and the colour one."""
+        return [v2.Resize((self.image_size, self.image_size)), v2.RandomHorizontalFlip()]
 
     def _list_images(self, folder: str, root: str) -> list[str]:
         path = os.path.join(self.dataset_dir, *folder.split("/"))

@@ -34,17 +34,21 @@ def image_eval_transform(image_size: int = DEFAULT_IMAGE_SIZE) -> v2.Compose:
     return v2.Compose([v2.Resize((image_size, image_size)), *_to_normalized_tensor()])
 
 
-def image_train_transform(image_size: int = DEFAULT_IMAGE_SIZE) -> v2.Compose:
+def photometric_augmentation(on_device: bool = False) -> list:
+    """DomainBed's colour jitter and grayscale, then the tensor conversion. ``on_device``: only draw
+    their parameters here and leave the pixels to ``device_augment.PhotometricAugment`` (items become
+    ``(uint8 image, params)``)."""
+    if on_device:
+        from .device_augment import PhotometricDraw
+
+        return [v2.ToImage(), PhotometricDraw(jitter=0.3, grayscale_p=0.1)]
+    return [v2.ColorJitter(0.3, 0.3, 0.3, 0.3), v2.RandomGrayscale(), *_to_normalized_tensor()]
+
+
+def image_train_transform(image_size: int = DEFAULT_IMAGE_SIZE, photometric_on_device: bool = False) -> v2.Compose:
     """DomainBed's training augmentation: random crop 70-100% of the area, flip, colour jitter, grayscale."""
-    return v2.Compose(
-        [
-            v2.RandomResizedCrop(image_size, scale=(0.7, 1.0)),
-            v2.RandomHorizontalFlip(),
-            v2.ColorJitter(0.3, 0.3, 0.3, 0.3),
-            v2.RandomGrayscale(),
-            *_to_normalized_tensor(),
-        ]
-    )
+    return v2.Compose([v2.RandomResizedCrop(image_size, scale=(0.7, 1.0)), v2.RandomHorizontalFlip(),
+                       *photometric_augmentation(photometric_on_device)])
 
 
 def image_size_from(hparams: dict) -> int:

@@ -51,14 +51,27 @@ class TrainConfig:
     progress: bool | None = None
     deterministic: bool = False
     tf32: bool = True  # fp32 matmuls on tensor cores on CUDA (off under --deterministic)
+    augment_on: str = "auto"  # colour augmentation's pixels: "loader", "device", or auto (device on CUDA)
 
     def record_args(self) -> dict:
         return dataclasses.asdict(self)
 
 
+AUGMENT_ON = ("auto", "loader", "device")
+
+
+def resolve_augment_on(choice: str, device_type: str) -> str:
+    """Where the colour augmentation's pixels are computed: ``auto`` is the training device on CUDA
+    (16 CPU cores cannot jitter 224 px images as fast as one H200 trains on them), the loader else."""
+    if choice != "auto":
+        return choice
+    return "device" if device_type == "cuda" else "loader"
+
+
 # The flags that decide what a run computes. A folder resumes only under the same ones (and the same
 # hparams); the others say where and how (folders, device, workers, evaluation batch, compilation,
-# logging, --deterministic's portable kernels) and may change between attempts.
+# logging, --deterministic's portable kernels, TF32 and --augment_on's arithmetic) and may change between
+# attempts.
 IDENTITY_ARGS = ("dataset", "algorithm", "task", "test_envs", "hparams_seed", "trial_seed", "seed", "steps",
                  "checkpoint_freq", "holdout_fraction", "uda_holdout_fraction", "precision")
 
@@ -111,6 +124,8 @@ def validate_config(config: TrainConfig, dataset) -> None:
     if os.path.isfile(config.data_dir):
         raise RunError(f"--data_dir {config.data_dir} is a file; give the folder that holds the datasets "
                        "(or the dataset's own folder)")
+    if config.augment_on not in AUGMENT_ON:
+        raise RunError(f"unknown --augment_on '{config.augment_on}'; use {', '.join(AUGMENT_ON)}")
     if config.precision not in ("fp32", "bf16"):
         raise RunError(f"unknown --precision '{config.precision}'; use fp32 or bf16")
     if config.task not in ("domain_generalization", "domain_adaptation"):

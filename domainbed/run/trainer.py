@@ -34,7 +34,7 @@ from ..models import PretrainedWeightsError
 from ..results.selection import IIDAccuracySelectionMethod
 from ..seeding import seed_everything, seed_hash
 from .config import (RunError, TrainConfig, TrainingDiverged, identity_differences, make_splits, resolve_hparams,
-                     run_identity, validate_config)
+                     resolve_augment_on, run_identity, validate_config)
 from .accelerator import compile_networks, configure_cuda, use_fused_optimizers
 from .contributors import Accuracies, LossValues, RoutingStatistics, Timing, validation_for
 from .distributed import DistEnv, init_distributed, pick_device, shutdown
@@ -96,6 +96,7 @@ def _run(config: TrainConfig, dist_env: DistEnv) -> dict:
     # Build the model before touching the output folder: a bad backbone or missing weights must
     # not leave a trace in (or next to) an earlier run's files.
     device = pick_device(config.device, dist_env)
+    config = dataclasses.replace(config, augment_on=resolve_augment_on(config.augment_on, device.type))
     seed_everything(config.seed)
     try:
         algorithm = algorithm_class(dataset.input_shape, dataset.num_classes, num_domains, hparams).to(device)
@@ -230,8 +231,10 @@ class _Trainer:
             num_workers = min(dataset.N_WORKERS, os.cpu_count() or 1)
         pin = self.device.type == "cuda"
         balanced = bool(self.hparams.get("class_balanced", False))  # DomainBed balances the uda splits too
+        on_device = config.augment_on == "device"
+        self.device_augments = [dataset.device_augment(env_i, on_device) for env_i, _ in splits.train]
         self.train_iterators = [
-            train_loader(split, dataset.train_transform(env_i), batch_size,
+            train_loader(split, dataset.train_transform(env_i, on_device), batch_size,
                          seed_hash(config.seed, config.trial_seed, "train", env_i), start_step, num_workers, pin,
                          class_balanced=balanced)
             for env_i, split in splits.train]
@@ -279,8 +282,8 @@ class _Trainer:
             batches = [next(it) for it in self.train_iterators]
             unlabeled_batches = [next(it) for it in self.uda_iterators]
         waited = time.perf_counter() - waited
-        minibatches = [(x[self.rank_slice].to(device, non_blocking=True), y[self.rank_slice].to(device, non_blocking=True))
-                       for x, y in batches]
+        minibatches = [(self._model_inputs(x, augment), y[self.rank_slice].to(device, non_blocking=True))
+                       for (x, y), augment in zip(batches, self.device_augments)]
         unlabeled = [x[self.rank_slice].to(device) for x, _ in unlabeled_batches] or None
         with self.autocast():
             values = self.algorithm.update(minibatches, unlabeled)
@@ -291,6 +294,14 @@ class _Trainer:
         self.algorithm.after_step(step)
         self.timing.add_step(waited)
         self.progress.update(1)
+
+    def _model_inputs(self, x, device_augment) -> torch.Tensor:
+        """This rank's share of a training batch on the device; with ``--augment_on device`` the
+        loader's items are ``(uint8 images, colour draws)`` and the device finishes the augmentation."""
+        if device_augment is None:
+            return x[self.rank_slice].to(self.device, non_blocking=True)
+        images, draws = x
+        return device_augment(images[self.rank_slice].to(self.device, non_blocking=True), draws[self.rank_slice])
 
     def _stop_if_diverged(self) -> None:
         """Stop (TrainingDiverged) if a value ``update`` returned since the last checkpoint was NaN or

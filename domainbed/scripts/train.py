@@ -53,6 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="progress bar (default: on a terminal)")
     parser.add_argument("--tf32", action=argparse.BooleanOptionalAction, default=True,
                         help="on CUDA, fp32 matmuls and convolutions on tensor cores (TF32); --deterministic turns it off")
+    parser.add_argument("--augment_on", default="auto", choices=["auto", "loader", "device"],
+                        help="where DomainBed's colour jitter and grayscale are computed: in the loader's "
+                             "workers, or on the training device from the loader's random draws (same "
+                             "draws, float instead of 8-bit arithmetic); auto: the device on CUDA")
     parser.add_argument("--deterministic", action="store_true",
                         help="portable kernels: the same numbers on any x86 CPU at the same thread count "
                              "(about 2x the CPU time; see BENCHMARKS.md)")
