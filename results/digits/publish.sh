@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # From the study's sweep folders to the committed results: each finished run's records and log (no
 # model files), the tables (text and LaTeX), the figures, the statistics, the cost; the pilot's
-# records, learning curves and budget summary. Runs are merged into runs/ (a later session adds
-# its finished runs to those of earlier ones).
+# records, learning curves and budget summary. Runs of complete trials are merged into runs/ (what
+# the tables report; a later session adds its trials to those of earlier ones); finished runs of a
+# trial still running go to pending/, so that the next session need not train them again.
 #
 #   results/digits/publish.sh [SWEEP_DIR] [PILOT_SWEEP_DIR]
 #       (defaults: results/digits/sweep, results/digits/pilot_sweep)
 #
 # To continue the study in a new checkout: copy the committed runs back into the sweep folder (their
 # folder names are the jobs' hashes, so the sweep skips them) and start the sweep again:
-#   mkdir -p results/digits/sweep && cp -r results/digits/runs/* results/digits/sweep/
+#   mkdir -p results/digits/sweep && cp -r results/digits/runs/* results/digits/pending/* results/digits/sweep/
 #   OMP_NUM_THREADS=1 python results/digits/study.py main &   # one copy per core
 set -euo pipefail
 SWEEP=${1:-results/digits/sweep}
@@ -17,13 +18,16 @@ PILOT=${2:-results/digits/pilot_sweep}
 HERE=results/digits
 PYTHON=${PYTHON:-python}
 
+copy_run() {  # copy_run RUN_DIR DEST_DIR
+  mkdir -p "$2/$(basename "$1")"
+  cp "$1/results.jsonl" "$1/done" "$1/out.txt" "$2/$(basename "$1")/"
+}
+
 copy_finished() {  # copy_finished SWEEP_DIR DEST_DIR
-  mkdir -p "$2"
   for run in "$1"/*/; do
-    [ -f "$run/done" ] || continue
-    mkdir -p "$2/$(basename "$run")"
-    cp "$run/results.jsonl" "$run/done" "$run/out.txt" "$2/$(basename "$run")/"
+    [ -f "$run/done" ] && copy_run "${run%/}" "$2"
   done
+  return 0
 }
 
 if [ -d "$PILOT" ]; then
@@ -31,7 +35,11 @@ if [ -d "$PILOT" ]; then
   "$PYTHON" "$HERE/pilot_report.py" --input_dir "$HERE/pilot/runs" --output_dir "$HERE/pilot" > /dev/null
 fi
 if [ -d "$SWEEP" ]; then
-  copy_finished "$SWEEP" "$HERE/runs"
+  rm -rf "$HERE/pending"
+  for part in complete pending; do
+    dest=$HERE/runs; [ $part = pending ] && dest=$HERE/pending
+    "$PYTHON" "$HERE/study.py" main --sweep_dir "$SWEEP" --finished $part | while read -r run; do copy_run "$run" "$dest"; done
+  done
 fi
 
 "$PYTHON" -m domainbed.scripts.collect_results --input_dir "$HERE/runs" > "$HERE/tables.txt"

@@ -121,15 +121,45 @@ def _launches_of(design: Design, order: list[int], n_trials: int) -> list[list[s
     return commands
 
 
+def runs_per_trial(design: Design) -> int:
+    sys.path.insert(0, os.getcwd())
+    from domainbed.data.catalog import num_environments
+
+    n_envs = len(design.test_envs) if design.test_envs is not None else num_environments(DATASET)
+    return len(ROWS) * len(design.lr_grid) * n_envs
+
+
+def finished_runs(design: Design, sweep_dir: str) -> dict[str, list[str]]:
+    """The sweep's finished run folders, split into those of complete trials (every row, learning
+    rate and held-out domain done: what the tables report) and those of trials still running."""
+    by_trial: dict[int, list[str]] = {}
+    for name in sorted(os.listdir(sweep_dir)):
+        run = os.path.join(sweep_dir, name)
+        if not os.path.isfile(os.path.join(run, "done")):
+            continue
+        with open(os.path.join(run, "results.jsonl")) as records:
+            trial = json.loads(records.readline())["args"]["trial_seed"]
+        by_trial.setdefault(trial, []).append(run)
+    complete = {t for t, runs in by_trial.items() if len(runs) == runs_per_trial(design)}
+    return {"complete": [run for t in sorted(complete) for run in by_trial[t]],
+            "pending": [run for t in sorted(set(by_trial) - complete) for run in by_trial[t]]}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("design", choices=sorted(DESIGNS))
     parser.add_argument("--sweep_dir", help="default: the design's")
     parser.add_argument("--print", action="store_true", help="print the sweep commands instead of running them")
+    parser.add_argument("--finished", choices=["complete", "pending"],
+                        help="print the finished runs of complete trials (or of trials still running) instead")
     args = parser.parse_args(argv)
     design = DESIGNS[args.design]
     if args.sweep_dir:
         design = Design(**{**design.__dict__, "sweep_dir": args.sweep_dir})
+    if args.finished:
+        for run in finished_runs(design, design.sweep_dir)[args.finished]:
+            print(run)
+        return 0
     status = 0
     for command in launches(design):
         full = [sys.executable, "-m", "domainbed.scripts.sweep", *command]

@@ -147,7 +147,7 @@ def test_erm_plus_plus_trains_only_the_classifier_until_linear_steps(kit):
 def test_erm_plus_plus_averages_the_weights_from_update_600(kit):
     algorithm = kit.algorithm("ERMPlusPlus", linear_steps=0)
     minibatches = kit.minibatches()
-    algorithm.update_count.fill_(598)
+    algorithm.load_state_dict({**algorithm.state_dict(), "update_count": torch.tensor([598])})  # as a resume would
     algorithm.update(minibatches)  # the 599th update: the average is reset to these weights
     first = _state(algorithm.network)
     assert _same(_state(algorithm.network_sma.module), first)
