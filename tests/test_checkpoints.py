@@ -13,6 +13,7 @@ import torch
 
 from domainbed.checkpoints import UnsafeCheckpointError, load_checkpoint, read_checkpoint_file
 from domainbed.scripts import evaluate, train
+from domainbed.scripts._cli import run_main
 
 
 @pytest.fixture(scope="module")
@@ -146,14 +147,17 @@ NOT_CHECKPOINTS = {
 
 
 @pytest.mark.parametrize("kind", list(NOT_CHECKPOINTS))
-def test_a_file_that_is_not_a_checkpoint_is_named_for_what_it_is(kind, tmp_path):
+def test_a_file_that_is_not_a_checkpoint_is_named_for_what_it_is(kind, tmp_path, capsys):
+    """In process, as ``python -m domainbed.scripts.evaluate`` runs it (the subprocess form is tested above)."""
     make, message = NOT_CHECKPOINTS[kind]
     path = tmp_path / "model.pkl"
     make(path)
-    result = subprocess.run([sys.executable, "-m", "domainbed.scripts.evaluate", "--checkpoint", str(path)],
-                            capture_output=True, text=True)
-    assert result.returncode == 2, result.stderr
-    (line,) = result.stderr.strip().splitlines()
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(lambda: evaluate.main(["--checkpoint", str(path)]),
+                 (FileNotFoundError, ValueError, UnsafeCheckpointError))
+    stderr = capsys.readouterr().err
+    assert exit_info.value.code == 2, stderr
+    (line,) = stderr.strip().splitlines()
     assert re.search(message, line), line
     assert "allow_unsafe_pickle" not in line  # offered only for a real pickle that needs it
 

@@ -8,7 +8,7 @@
 #   results/digits/routing.sh [SWEEP_DIR]      (default: results/digits/sweep)
 set -euo pipefail
 SWEEP=${1:-results/digits/sweep}
-OUT=results/digits/routing
+OUT=${OUT:-results/digits/routing}
 PYTHON=${PYTHON:-python}
 analyse() {  # analyse NAME ARGS...
   "$PYTHON" -m domainbed.scripts.routing_analysis --input_dir "$SWEEP" --dataset RotatedDigits \
