@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Routing with baselines on the runs training-domain validation selects (needs the sweep's model
-# files, which are not committed): NMI of the top-1 expert with class and with domain for
+# Routing with baselines on the runs training-domain validation selects in the complete trials (needs
+# the sweep's model files, which are not committed): NMI of the top-1 expert with class and with domain for
 #   - the trained GMoE (SF-MoE, and Fish on the GMoE twin),
 #   - the same GMoE runs at their initialisation (untrained),
 #   - k-means (k = 6, the number of experts) of the dense ViT's FFN-input tokens at the MoE blocks (2, 4).
@@ -10,8 +10,14 @@ set -euo pipefail
 SWEEP=${1:-results/digits/sweep}
 OUT=${OUT:-results/digits/routing}
 PYTHON=${PYTHON:-python}
+# the runs of complete trials only (what the tables report), hard-linked into one folder beside the sweep
+RUNS=$(mktemp -d -p "$(dirname "$SWEEP")" .routing_runs.XXXX)
+trap 'rm -rf "$RUNS"' EXIT
+"$PYTHON" results/digits/study.py main --sweep_dir "$SWEEP" --finished complete | while read -r run; do
+  cp -al "$run" "$RUNS/"
+done
 analyse() {  # analyse NAME ARGS...
-  "$PYTHON" -m domainbed.scripts.routing_analysis --input_dir "$SWEEP" --dataset RotatedDigits \
+  "$PYTHON" -m domainbed.scripts.routing_analysis --input_dir "$RUNS" --dataset RotatedDigits \
       --output_dir "$OUT/$1" "${@:2}" > /dev/null
 }
 rm -rf "$OUT"

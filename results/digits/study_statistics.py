@@ -4,7 +4,8 @@
 Model selection is DomainBed's training-domain validation (the checkpoint and learning rate with the
 best accuracy on the training domains' held-out splits). Everything is computed per trial first:
 a row's trial score is its mean selected held-out accuracy over the held-out domains, and only
-trials in which a row has every held-out domain count. Then:
+trials in which a row has every held-out domain count (with one trial there is no standard error:
+"n/a"). Then:
 
 1. **Rows**: mean +/- standard error over trials (sample standard deviation / sqrt(n): the usual
    standard error, slightly larger than DomainBed's, which uses the population deviation), with
@@ -107,8 +108,9 @@ def analyse(records: list[dict], dataset: str) -> list[str]:
         parts = []
         for measure in ("held_out", "train", "val", "residual"):
             mean, se, n = mean_se(list(trial_scores(row, measure).values()) or [float("nan")])
-            parts.append(f"{100 * mean:6.1f} +/- {100 * se:4.1f}" if measure != "residual"
-                         else f"{100 * mean:+5.1f} +/- {100 * se:3.1f}")
+            error = "n/a" if np.isnan(se) else (f"{100 * se:4.1f}" if measure != "residual" else f"{100 * se:3.1f}")
+            parts.append(f"{100 * mean:6.1f} +/- {error:>4s}" if measure != "residual"
+                         else f"{100 * mean:+5.1f} +/- {error:>3s}")
         last = np.mean([cell["last_step"] for envs in cells[row].values() for cell in envs.values()])
         out.append(f"{row:34s} {n:6d} {parts[0]:>14s} {parts[1]:>14s} {parts[2]:>14s} {parts[3]:>12s} {100 * last:8.0f}%")
     out += ["", f"equal fit: held-out = {intercept:.3f} + {slope:.3f} x training-domain validation, fitted over "
@@ -134,7 +136,7 @@ def analyse(records: list[dict], dataset: str) -> list[str]:
                      for t in cells[a] if t in cells[b] and env in cells[a][t] and env in cells[b][t]]
             if diffs:
                 mean, se, n = mean_se(diffs)
-                per_domain.append(f"env{env} {100 * mean:+.1f} +/- {100 * se:.1f}")
+                per_domain.append(f"env{env} {100 * mean:+.1f}" + ("" if np.isnan(se) else f" +/- {100 * se:.1f}"))
         out.append(f"    per held-out domain (mean +/- s.e. over trials): {'; '.join(per_domain)}")
     out += ["", "Learning rate selected (count over trials x held-out domains):"]
     for row in rows:
