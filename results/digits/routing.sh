@@ -13,8 +13,10 @@ PYTHON=${PYTHON:-python}
 # the runs of complete trials only (what the tables report), hard-linked into one folder beside the sweep
 RUNS=$(mktemp -d -p "$(dirname "$SWEEP")" .routing_runs.XXXX)
 trap 'rm -rf "$RUNS"' EXIT
+# (runs restored from the committed records have no model.pkl: their trials are left out, and the
+# table's run counts say how many runs it covers)
 "$PYTHON" results/digits/study.py main --sweep_dir "$SWEEP" --finished complete | while read -r run; do
-  cp -al "$run" "$RUNS/"
+  if [ -f "$run/model.pkl" ]; then cp -al "$run" "$RUNS/"; fi
 done
 analyse() {  # analyse NAME ARGS...
   "$PYTHON" -m domainbed.scripts.routing_analysis --input_dir "$RUNS" --dataset RotatedDigits \
