@@ -1,9 +1,10 @@
 """DomainBed's photometric augmentation split in two: random draws in the loader, pixels on the device.
 
 DomainBed's training augmentation ends with ``ColorJitter(0.3, 0.3, 0.3, 0.3)`` and
-``RandomGrayscale(0.1)``. On the CPU the jitter costs most of the augmentation (its hue step
-converts every pixel to HSV and back): about 4 of 6.5 ms per 224 px image on one core here, so 16
-cores feed a few thousand images/s while one H200 trains a ViT-S/16 faster than that. With
+``RandomGrayscale(0.1)``. On the CPU the jitter costs most of the loader's work (its hue step
+converts every pixel to HSV and back): 1.5 of 2.6 ms per 224 px image on one core here
+(``benchmarks/bench_augmentation.py``), so even 16 perfectly scaling cores feed at most about 6,000
+images/s, what one H200 is expected to train a ViT-S/16 at. With
 ``--augment_on device`` the loader keeps the geometric part (crop, flip) and only *draws* the
 photometric parameters (``PhotometricDraw``: the same random calls, in the same order, as
 torchvision's v2 transforms, so a seed picks the same jitter either way); the training device then

@@ -62,7 +62,8 @@ AUGMENT_ON = ("auto", "loader", "device")
 
 def resolve_augment_on(choice: str, device_type: str) -> str:
     """Where the colour augmentation's pixels are computed: ``auto`` is the training device on CUDA
-    (16 CPU cores cannot jitter 224 px images as fast as one H200 trains on them), the loader else."""
+    (the jitter is 60% of the loader's CPU time per image; see ``data/device_augment.py``), the
+    loader else."""
     if choice != "auto":
         return choice
     return "device" if device_type == "cuda" else "loader"
