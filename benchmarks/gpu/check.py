@@ -323,9 +323,10 @@ def _loader_rate(check: Check, dataset, on_device: bool, workers: int) -> float:
 
 def _device_augment_ms(check: Check, dataset) -> float:
     """ms the device takes to jitter, grayscale and normalise one model-step batch of uint8 images."""
+    from domainbed.data.device_augment import PhotometricDraw
+
     size = check.size
-    augment = dataset.device_augment(0, True)
-    draw = dataset.train_transform(0, True).transforms[-1]
+    augment, draw = dataset.device_augment(0, True), PhotometricDraw()
     images = torch.randint(0, 256, (size["batch"], 3, size["img"], size["img"]), dtype=torch.uint8, device=check.device)
     params = torch.stack([draw(image)[1] for image in images.cpu()])
     return statistics.median(timed(check, lambda: augment(images, params), size["warmup"], size["steps"])) * 1000

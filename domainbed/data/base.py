@@ -133,9 +133,9 @@ class ImageDomainDataset(MultipleDomainDataset):
 
     def geometric_augmentation(self) -> list:
         """The augmentation before the colour one: DomainBed's random resized crop and flip."""
-        from torchvision.transforms import v2
+        from .transforms import geometric_augmentation
 
-        return [v2.RandomResizedCrop(self.image_size, scale=(0.7, 1.0)), v2.RandomHorizontalFlip()]
+        return geometric_augmentation(self.image_size)
 
     def _augments(self, env_index: int) -> bool:
         if not 0 <= env_index < len(self.ENVIRONMENTS):

@@ -102,6 +102,7 @@ class PhotometricAugment:
 
     def __init__(self, mean: Sequence[float], std: Sequence[float]):
         self.mean, self.std = tuple(mean), tuple(std)
+        self._statistics: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}  # per device, made once
 
     def __call__(self, images: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
         device = images.device
@@ -123,8 +124,10 @@ class PhotometricAugment:
             groups = zip(x.split(counts), factors[position].split(counts), JITTER_OPERATIONS)
             x = torch.cat([operation(part, f[:, j]) for j, (part, f, operation) in enumerate(groups)])
         x = torch.where(grayscale, _grayscale(x).expand_as(x), x)[indices[4]]
-        mean = torch.tensor(self.mean, device=device).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, device=device).view(1, -1, 1, 1)
+        if device not in self._statistics:
+            self._statistics[device] = (torch.tensor(self.mean, device=device).view(1, -1, 1, 1),
+                                        torch.tensor(self.std, device=device).view(1, -1, 1, 1))
+        mean, std = self._statistics[device]
         return (x - mean) / std
 
     def __repr__(self) -> str:

@@ -34,6 +34,11 @@ def image_eval_transform(image_size: int = DEFAULT_IMAGE_SIZE) -> v2.Compose:
     return v2.Compose([v2.Resize((image_size, image_size)), *_to_normalized_tensor()])
 
 
+def geometric_augmentation(image_size: int = DEFAULT_IMAGE_SIZE) -> list:
+    """DomainBed's augmentation before the colour one: a random crop of 70-100% of the area, a flip."""
+    return [v2.RandomResizedCrop(image_size, scale=(0.7, 1.0)), v2.RandomHorizontalFlip()]
+
+
 def photometric_augmentation(on_device: bool = False) -> list:
     """DomainBed's colour jitter and grayscale, then the tensor conversion. ``on_device``: only draw
     their parameters here and leave the pixels to ``device_augment.PhotometricAugment`` (items become
@@ -47,8 +52,7 @@ def photometric_augmentation(on_device: bool = False) -> list:
 
 def image_train_transform(image_size: int = DEFAULT_IMAGE_SIZE, photometric_on_device: bool = False) -> v2.Compose:
     """DomainBed's training augmentation: random crop 70-100% of the area, flip, colour jitter, grayscale."""
-    return v2.Compose([v2.RandomResizedCrop(image_size, scale=(0.7, 1.0)), v2.RandomHorizontalFlip(),
-                       *photometric_augmentation(photometric_on_device)])
+    return v2.Compose([*geometric_augmentation(image_size), *photometric_augmentation(photometric_on_device)])
 
 
 def image_size_from(hparams: dict) -> int:

@@ -11,7 +11,7 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
+from study_statistics import mean_se  # the study's one definition of the standard error
 
 
 def main() -> None:
@@ -24,9 +24,8 @@ def main() -> None:
         for layer in summary["layers"]:
             cells = []
             for variable in ("class", "domain"):
-                values = np.array([run["nmi"][layer][variable] for run in summary["runs"]])
-                se = values.std(ddof=1) / np.sqrt(len(values)) if len(values) > 1 else float("nan")
-                cells.append(f"{values.mean():.3f} +/- {se:.3f}")
+                mean, se, _ = mean_se([run["nmi"][layer][variable] for run in summary["runs"]])
+                cells.append(f"{mean:.3f} +/- {se:.3f}")
             print(f"{path.parent.name:<20} {layer:<14} {len(summary['runs']):>4} {cells[0]:>18} {cells[1]:>18}")
 
 

@@ -132,15 +132,20 @@ def runs_per_trial(design: Design) -> int:
 def finished_runs(design: Design, sweep_dir: str) -> dict[str, list[str]]:
     """The sweep's finished run folders, split into those of complete trials (every row, learning
     rate and held-out domain done: what the tables report) and those of trials still running."""
+    sys.path.insert(0, os.getcwd())
+    from domainbed.run.folder import RunFolder
+
     by_trial: dict[int, list[str]] = {}
     for name in sorted(os.listdir(sweep_dir)):
         run = os.path.join(sweep_dir, name)
-        if not os.path.isfile(os.path.join(run, "done")):
+        folder = RunFolder(run)
+        if not folder.is_done:
             continue
-        with open(os.path.join(run, "results.jsonl")) as records:
+        with open(folder.results) as records:
             trial = json.loads(records.readline())["args"]["trial_seed"]
         by_trial.setdefault(trial, []).append(run)
-    complete = {t for t, runs in by_trial.items() if len(runs) == runs_per_trial(design)}
+    expected = runs_per_trial(design)
+    complete = {t for t, runs in by_trial.items() if len(runs) == expected}
     return {"complete": [run for t in sorted(complete) for run in by_trial[t]],
             "pending": [run for t in sorted(set(by_trial) - complete) for run in by_trial[t]]}
 
