@@ -24,11 +24,11 @@ N_RECORDS = len(range(0, STEPS, CHECKPOINT_FREQ)) + 1  # steps 0, 4, ..., 16 and
 
 
 HPARAMS = {
-    "ERM": '{"batch_size": 8}',
-    "DANN": '{"batch_size": 8}',
-    "SWAD": '{"batch_size": 8, "n_converge": 2, "n_tolerance": 2}',
-    "MTL": '{"batch_size": 8}',
-    "Fish": '{"batch_size": 8, "backbone": "gmoe_micro_patch4_32"}',
+    "ERM": '{"batch_size": 8, "image_size": 16}',
+    "DANN": '{"batch_size": 8, "image_size": 16}',
+    "SWAD": '{"batch_size": 8, "image_size": 16, "n_converge": 2, "n_tolerance": 2}',
+    "MTL": '{"batch_size": 8, "image_size": 16}',
+    "Fish": '{"batch_size": 8, "image_size": 16, "backbone": "gmoe_micro_patch4_32"}',
 }
 
 
