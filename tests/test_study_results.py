@@ -62,3 +62,23 @@ def test_finished_runs_split_complete_trials_from_the_trial_in_progress(tmp_path
     (tmp_path / "unfinished").mkdir()  # no done file: in neither list
     split = study.finished_runs(design, str(tmp_path))
     assert split == {"complete": folders[0], "pending": folders[1]}
+
+
+def test_paired_comparison_is_the_t_interval_and_test_of_the_per_trial_differences():
+    import importlib.util
+    import math
+
+    spec = importlib.util.spec_from_file_location("study_statistics", STUDY / "study_statistics.py")
+    statistics = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(statistics)
+    # trials 0-2 in both rows (trial 3 only in one: not paired); differences 0.10, 0.02, 0.06
+    a, b = {0: 0.80, 1: 0.70, 2: 0.90, 3: 0.50}, {0: 0.70, 1: 0.68, 2: 0.84}
+    result = statistics.paired(a, b)
+    assert result["trials"] == [0, 1, 2]
+    assert [round(d, 12) for d in result["diffs"]] == [0.1, 0.02, 0.06]
+    se = 0.04 / math.sqrt(3)  # s.d. of (0.10, 0.02, 0.06) is 0.04
+    t_975_df2 = 4.302652729911275
+    assert math.isclose(result["mean"], 0.06) and math.isclose(result["high"] - result["mean"], t_975_df2 * se)
+    t = 0.06 / se  # with 2 degrees of freedom Student's two-sided p is 1 - t / sqrt(2 + t^2)
+    assert math.isclose(result["p"], 1 - t / math.sqrt(2 + t * t), rel_tol=1e-9)
+    assert statistics.paired({0: 0.8}, {0: 0.7}) is None  # one common trial: no interval, no test
