@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from domainbed.run.config import RunError
+from domainbed.run.environment import code_version
 from domainbed.scripts import sweep as sweep_cli
 from domainbed.scripts import train
 from domainbed.run.trainer import TIMING_KEYS
@@ -42,8 +43,32 @@ def test_records_say_what_decides_the_numbers(tmp_path, read_records):
     assert environment["torch"] == torch.__version__ and environment["timm"] == timm.__version__
     assert environment["threads"] == torch.get_num_threads() and environment["device"] == "cpu"
     assert environment["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert environment["code"] == code_version()
     out = (tmp_path / "run" / "out.txt").read_text()
     assert f"\tcpu_capability: {environment['cpu_capability']}" in out and f"\tthreads: {environment['threads']}" in out
+
+
+def test_code_version_is_the_checkouts_commit_marked_when_the_package_code_differs(tmp_path):
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t", *args],
+                              capture_output=True, text=True, check=True).stdout.strip()
+
+    (tmp_path / "domainbed").mkdir()
+    (tmp_path / "domainbed" / "model.py").write_text("width = 64\n")
+    (tmp_path / "notes.md").write_text("results\n")
+    git("init", "-q")
+    git("add", "-A")
+    git("commit", "-qm", "first")
+    commit = git("rev-parse", "--short=12", "HEAD")
+    assert code_version(tmp_path) == commit
+    (tmp_path / "notes.md").write_text("more results\n")  # not the package's code: still that commit
+    (tmp_path / "domainbed" / "new_untracked.py").write_text("")
+    assert code_version(tmp_path) == commit
+    (tmp_path / "domainbed" / "model.py").write_text("width = 128\n")
+    assert code_version(tmp_path) == f"{commit}+modified"
+    # not a checkout: the installed package's version (none where the package runs from PYTHONPATH)
+    outside = code_version(tmp_path / "domainbed")
+    assert outside.startswith("domainbed-sfmoe ") or outside == "unknown"
 
 
 @pytest.mark.slow

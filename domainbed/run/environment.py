@@ -1,4 +1,5 @@
-"""What decides a run's numbers besides its seeds: versions, device, CPU instruction set, threads.
+"""What decides a run's numbers besides its seeds: the code, versions, device, CPU instruction set,
+threads.
 
 Recorded in every results.jsonl record (``environment``) and printed in out.txt, like DomainBed's
 environment printout. The same seeds give bit-identical records on the same machine with the same
@@ -10,7 +11,10 @@ from __future__ import annotations
 
 import functools
 import platform
+import subprocess
 import sys
+from importlib import metadata
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -38,12 +42,39 @@ def cpu_capability() -> str:
         return "unknown"
 
 
+PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the checkout (or site-packages) holding domainbed/
+
+
+def code_version(root: Path = PACKAGE_ROOT) -> str:
+    """Which code made a run: the commit of the git checkout the package runs from, with
+    "+modified" when tracked files under ``domainbed/`` differ from it, else the installed package's
+    version. A study runs for days while the code moves on; its records must say which code each
+    run used."""
+    if (root / ".git").exists():  # a directory in a clone, a file in a worktree
+        try:
+            commit = _git(root, "rev-parse", "--short=12", "HEAD")
+            modified = _git(root, "status", "--porcelain", "--untracked-files=no", "--", "domainbed")
+            return commit + ("+modified" if modified else "")
+        except (OSError, subprocess.SubprocessError):
+            pass
+    try:
+        return f"domainbed-sfmoe {metadata.version('domainbed-sfmoe')}"
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _git(root: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=30,
+                          check=True).stdout.strip()
+
+
 def describe_environment(device: torch.device | str) -> dict:
     import timm
     import torchvision
 
     device = torch.device(device)
     described = {
+        "code": code_version(),
         "python": sys.version.split()[0],
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,
