@@ -25,8 +25,8 @@ def train_in_subprocess(output_dir: Path, extra_env: dict, *flags: str) -> list[
     env.update(PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", **extra_env)
     subprocess.run([sys.executable, "-m", "domainbed.scripts.train", "--dataset", "RotatedDigits", "--algorithm",
                     "SFMOE", "--test_envs", "5", "--steps", "12", "--checkpoint_freq", "6", "--hparams",
-                    '{"batch_size": 8, "image_size": 16}', "--skip_model_save", "--no-progress", "--output_dir", str(output_dir),
-                    *flags], env=env, check=True, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                    '{"batch_size": 8, "image_size": 16}', "--skip_model_save", "--no-progress",
+                    "--output_dir", str(output_dir), *flags], env=env, check=True, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return [json.loads(line) for line in (output_dir / "results.jsonl").read_text().splitlines()]
 
 
