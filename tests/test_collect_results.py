@@ -37,7 +37,7 @@ from domainbed.model_selection import (
     OracleSelectionMethod,
 )
 from domainbed.results import tables as reporting
-from domainbed.results.records import label_algorithms_by_backbone, load_records
+from domainbed.results.records import label_methods, load_records
 from domainbed.results.tables import NO_PAIRS_AT_ALL
 from domainbed.scripts import collect_results
 
@@ -389,11 +389,54 @@ def test_records_on_several_backbones_get_a_row_per_algorithm_and_backbone():
 
 def test_records_on_one_backbone_keep_the_algorithm_names():
     records = [r for r in backbone_records() if r["hparams"].get("backbone") in ("resnet18", None)]
-    assert label_algorithms_by_backbone(records) == records
+    assert label_methods(records) == records
     iid = rows(block(reporting.format_results(records), IID_DIGITS[0]))
     # one method: the DomainBed record (val .65, in0 .50) competes with resnet18's hp0 (val .70,
     # in0 .80) and hp1 (val .60) -> .80; trial 1 .90 -> 85.0 +/- 3.5
     assert iid == {"ERM": ["85.0 +/- 3.5", "X", "X", "X"]}
+
+
+# ------------------------------------------------------------------ several MoE configurations
+# The paper's ablations on one backbone: an MoE configuration other than the paper's GMoE is its own
+# method, named by what differs; a drawn hparam (aux_loss_weight) does not split a row.
+GMOE = "gmoe_micro_patch4_32"
+PAPER_MOE = {"num_experts": 6, "top_k": 1, "router": "cosine", "moe_blocks": "last2"}
+MOE_RUNS = [  # (MoE hparams set in the run, hparams_seed, accuracy overrides)
+    ({}, 0, {"in0": .80, "out1": .70, "out2": .70}),  # val .70
+    ({"aux_loss_weight": .05}, 1, {"in0": .75, "out1": .60, "out2": .60}),  # val .60: the paper's row keeps .80
+    ({"top_k": 2}, 0, {"in0": .50, "out1": .95, "out2": .95}),  # the best val: not the paper's row's
+    ({"moe_blocks": "every2"}, 0, {"in0": .60}),
+    ({"moe_blocks": [0, 2]}, 0, {"in0": .66}),
+]
+
+
+def moe_records():
+    records = []
+    for moe, hp, accs in MOE_RUNS:
+        r = make_record("ColoredDigits", "SFMOE", [0], 0, hp, accs, backbone=GMOE)
+        r["hparams"].update({**PAPER_MOE, "aux_loss_weight": .01, **moe})
+        records.append(r)
+    return records
+
+
+def test_records_of_several_moe_configurations_get_a_row_per_configuration():
+    iid = rows(block(reporting.format_results(moe_records()), IID_DIGITS[0]))
+    assert iid == {"SFMOE": ["80.0 +/- 0.0", "X", "X", "X"],
+                   "SFMOE (moe_blocks=[0,2])": ["66.0 +/- 0.0", "X", "X", "X"],
+                   "SFMOE (moe_blocks=every2)": ["60.0 +/- 0.0", "X", "X", "X"],
+                   "SFMOE (top_k=2)": ["50.0 +/- 0.0", "X", "X", "X"]}
+
+
+def test_moe_labels_join_the_backbone_label_and_labelling_twice_changes_nothing():
+    dense = make_record("ColoredDigits", "ERM", [0], 0, 0, {}, backbone="vit_micro_patch4_32")
+    labelled = label_methods([dense, *moe_records()])
+    assert [r["args"]["algorithm"] for r in labelled] == [
+        "ERM (vit_micro_patch4_32)", f"SFMOE ({GMOE})", f"SFMOE ({GMOE})", f"SFMOE ({GMOE}, top_k=2)",
+        f"SFMOE ({GMOE}, moe_blocks=every2)", f"SFMOE ({GMOE}, moe_blocks=[0,2])"]
+    assert label_methods(labelled) == labelled
+    # one configuration throughout, even not the paper's, is one method: names stay DomainBed's
+    top2 = [r for r in moe_records() if r["hparams"]["top_k"] == 2]
+    assert label_methods(top2) == top2
 
 
 def test_script_prints_and_writes_results(sweep_dir, capsys):

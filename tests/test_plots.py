@@ -29,7 +29,7 @@ from domainbed.model_selection import (
     OracleSelectionMethod,
 )
 from domainbed.results import plots
-from domainbed.results.records import label_algorithms_by_backbone, load_records
+from domainbed.results.records import label_methods, load_records
 from domainbed.results.tables import NO_PAIRS_AT_ALL, format_results
 
 N_ENVS = {"PACS": 4, "AcmeShapes": 2}
@@ -215,7 +215,7 @@ def two_backbones():
 def test_figures_called_directly_give_each_backbone_its_row():
     records = two_backbones()
     labels = ["ERM (resnet18)", "ERM (vit_micro_patch4_32)"]
-    for given in (records, label_algorithms_by_backbone(records)):  # labelling twice changes nothing
+    for given in (records, label_methods(records)):  # labelling twice changes nothing
         (ax,) = plots.selection_bar_figure(given, IIDAccuracySelectionMethod, "PACS").axes
         assert [c.get_label() for c in bars_of(ax)] == labels
         assert [c[0].get_height() for c in bars_of(ax)] == pytest.approx([80.0, 60.0])

@@ -39,16 +39,55 @@ def test_the_readmes_headline_numbers_are_the_committed_numbers():
             assert line[4:].rstrip() in lines, f"{readme}: {line.strip()!r} is not a line of tables.txt or statistics.txt"
 
 
-def test_finished_runs_split_complete_trials_from_the_trial_in_progress(tmp_path, monkeypatch):
-    """publish.sh reports complete trials only (a table mixing trials would pair nothing); the finished
-    runs of the trial in progress are kept apart, so that no session trains them twice."""
+def _study_module(monkeypatch):
     import importlib.util
-    import json
 
     spec = importlib.util.spec_from_file_location("study", STUDY / "study.py")
     study = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, "study", study)  # dataclasses resolve annotations through it
     spec.loader.exec_module(study)
+    return study
+
+
+def _statistics_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("study_statistics", STUDY / "study_statistics.py")
+    statistics = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(statistics)
+    return statistics
+
+
+def test_the_designs_rows_are_the_rows_their_runs_make_and_ablations_pair_with_sf_moe(monkeypatch):
+    """The records the launches make (hparams resolved as ``train`` resolves them) get the rows'
+    labels, main study and ablations together, and each ablation is compared with SF-MoE."""
+    import json
+
+    from domainbed.hparams_registry import resolve_hparams
+    from domainbed.results.records import label_methods
+
+    study = _study_module(monkeypatch)
+    records = []
+    for design in (study.DESIGNS["main"], study.DESIGNS["ablations"]):
+        for command in study.launches(design)[:len(design.rows)]:  # one learning rate, every row
+            algorithm = command[command.index("--algorithms") + 1]
+            overrides = json.loads(command[command.index("--hparams") + 1])
+            hparams = resolve_hparams(algorithm, study.DATASET, 1, 0, overrides)
+            records.append({"args": {"algorithm": algorithm}, "hparams": hparams})
+    labels = [r["args"]["algorithm"] for r in label_methods(records)]
+    assert labels == [row.label for row in study.ROWS + study.ABLATION_ROWS]
+    assert len(set(labels)) == len(labels)
+    sf_moe = study.Row("SFMOE", study.GMOE).label
+    assert _statistics_module().ablation_comparisons(label_methods(records)) == sorted(
+        (row.label, sf_moe) for row in study.ABLATION_ROWS)
+
+
+def test_finished_runs_split_complete_trials_from_the_trial_in_progress(tmp_path, monkeypatch):
+    """publish.sh reports complete trials only (a table mixing trials would pair nothing); the finished
+    runs of the trial in progress are kept apart, so that no session trains them twice."""
+    import json
+
+    study = _study_module(monkeypatch)
     design = study.Design("t", (1e-3,), steps=10, checkpoint_freq=5, n_trials=2, test_envs=(0,), sweep_dir=str(tmp_path))
     assert study.runs_per_trial(design) == len(study.ROWS)
     folders = {}
@@ -65,12 +104,9 @@ def test_finished_runs_split_complete_trials_from_the_trial_in_progress(tmp_path
 
 
 def test_paired_comparison_is_the_t_interval_and_test_of_the_per_trial_differences():
-    import importlib.util
     import math
 
-    spec = importlib.util.spec_from_file_location("study_statistics", STUDY / "study_statistics.py")
-    statistics = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(statistics)
+    statistics = _statistics_module()
     # trials 0-2 in both rows (trial 3 only in one: not paired); differences 0.10, 0.02, 0.06
     a, b = {0: 0.80, 1: 0.70, 2: 0.90, 3: 0.50}, {0: 0.70, 1: 0.68, 2: 0.84}
     result = statistics.paired(a, b)

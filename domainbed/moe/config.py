@@ -127,6 +127,11 @@ SETTINGS: tuple[HParam, ...] = _settings()
 _FIELD_OF_HPARAM = {hparam: field for field, hparam in HPARAM_OF_FIELD.items()}
 HPARAM_FIELDS = {setting.name: _FIELD_OF_HPARAM.get(setting.name, setting.name) for setting in SETTINGS}
 HPARAM_NAMES = tuple(HPARAM_FIELDS)  # every hparam that exists only on a backbone with MoE layers
+# The MoE hparams that make another model (what the layers are and where, how tokens are routed),
+# not a regularisation strength and never drawn by a search: results give each value its own row,
+# as they do a backbone ("SFMOE (top_k=2)"; ``results.records.label_methods``).
+MODEL_HPARAMS = ("num_experts", "top_k", "router", "router_dim", "capacity_factor", "eval_capacity", "aux_loss",
+                 "moe_blocks")
 # the layers' own settings (blocks place them; aux_loss_weight weighs their loss in the algorithms)
 LAYER_FIELDS = tuple(field for field in HPARAM_FIELDS.values() if field not in ("blocks", "aux_loss_weight"))
 

@@ -1,8 +1,8 @@
 """Figures of a sweep that compare algorithms, one set per dataset.
 
 Rows are the tables' rows: algorithms, named "ALGORITHM (backbone)" when the records span several
-backbones (``label_algorithms_by_backbone``; every figure function applies it, so a function called
-directly never mixes backbones). Per dataset:
+backbones and "ALGORITHM (top_k=2)" when they span several MoE configurations (``label_methods``;
+every figure function applies it, so a function called directly never mixes them). Per dataset:
 
 - ``selection_bar_figure``: the selected test accuracy per held-out domain and algorithm, with error
   bars, one panel per selection method: the tables as bars. A missing cell is an "X" on the axis,
@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .records import (Record, backbone_of, group_by, label_algorithms_by_backbone, n_environments,
+from .records import (Record, group_by, label_methods, n_environments,
                       selection_groups, single_test_env_records)
 from .selection import SELECTION_METHODS, IIDAccuracySelectionMethod, SelectionMethod
 from .tables import (NO_PAIRS_AT_ALL, Coverage, dataset_environments, mean_and_error, missing_reason,
@@ -58,17 +58,6 @@ def _new_figure(width: float, height: float) -> Figure:
     from matplotlib.figure import Figure  # matplotlib only when a figure is drawn
 
     return Figure(figsize=(width, height))
-
-
-def _labelled(records: list[Record]) -> list[Record]:
-    """``label_algorithms_by_backbone``, safe to apply to records it already labelled."""
-    labelled = label_algorithms_by_backbone(records)
-    return [r if _has_label(r) else new for r, new in zip(records, labelled)]
-
-
-def _has_label(record: Record) -> bool:
-    backbone = backbone_of(record)
-    return backbone is not None and record["args"]["algorithm"].endswith(f" ({backbone})")
 
 
 def _of_dataset(records: list[Record], dataset: str) -> list[Record]:
@@ -142,7 +131,7 @@ def selection_bar_figure(records: list[Record], methods: Methods, dataset: str) 
     NaN-height bar with an "X" at its foot, and the line under the panel says why (the reasons of
     the tables' notes); a leave-one-domain-out panel without any pair run says so across the panel.
     """
-    records = _of_dataset(_labelled(records), dataset)
+    records = _of_dataset(label_methods(records), dataset)
     methods = _methods(methods)
     envs = dataset_environments(records, dataset)
     algorithms = ordered_algorithms(records)
@@ -238,7 +227,7 @@ def accuracy_curve_figure(
     (held-out domain, trial), the hparams draw with the best validation accuracy. Accuracy is the
     held-out domain's "in" split, the tables' test accuracy. None when no run can be selected.
     """
-    records = _of_dataset(_labelled(records), dataset)
+    records = _of_dataset(label_methods(records), dataset)
     runs = selected_runs_by_algorithm(records, dataset, method)
     if not runs:
         return None
@@ -329,7 +318,7 @@ def routing_figure(
     (sorted before averaging, since expert k of one run is unrelated to expert k of another).
     None when no selected run records routing.
     """
-    records = _of_dataset(_labelled(records), dataset)
+    records = _of_dataset(label_methods(records), dataset)
     runs = selected_runs_by_algorithm(records, dataset, method)
     per_algorithm: dict[str, dict[str, list[tuple[list[int], list[list[float]], list[float]]]]] = {}
     for algorithm, per_run in runs.items():
@@ -416,7 +405,7 @@ def _ordinal(n: int) -> str:
 def curve_groups(records: list[Record]) -> dict[CurveKey, list[Record]]:
     """Records per (dataset, algorithm, test_envs, hparams_seed); trials are averaged later."""
     return group_by(
-        _labelled(records),
+        label_methods(records),
         lambda r: (
             r["args"]["dataset"],
             r["args"]["algorithm"],
@@ -490,7 +479,7 @@ def save_plots(
     ``routing_<dataset>.png`` (``routing_figure``); with ``per_run_curves``, one
     ``per_run/<dataset>_<algorithm>_test<envs>_hp<seed>.png`` per run (``training_curve_figure``).
     Returns the paths written, in that order."""
-    records = _labelled(records)
+    records = label_methods(records)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths: list[Path] = []

@@ -14,12 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from ..algorithms import canonical_name
+from ..moe.config import MODEL_HPARAMS, SETTINGS
 from ..run.folder import RunFolder
 
 # args every record must carry to take part in model selection
 REQUIRED_ARGS = ("dataset", "algorithm", "test_envs", "trial_seed", "hparams_seed")
 
 Record = dict[str, Any]
+_MOE_DEFAULTS = {setting.name: setting.default for setting in SETTINGS}
 
 
 @dataclass
@@ -144,17 +146,55 @@ def backbone_of(record: Record) -> str | None:
     return hparams.get("backbone") if isinstance(hparams, dict) else None
 
 
-def label_algorithms_by_backbone(records: list[Record]) -> list[Record]:
-    """When the records span more than one backbone, the same algorithm on two backbones is two
-    methods: name each "ALGORITHM (backbone)" so tables give it its own row and model selection
-    never mixes its runs. With a single backbone (every DomainBed sweep) records are unchanged."""
-    if len({backbone_of(r) for r in records} - {None}) <= 1:
+def _model_hparams(record: Record) -> dict[str, Any]:
+    """The record's MoE model hparams (``moe.config.MODEL_HPARAMS``; JSON lists as tuples)."""
+    hparams = record.get("hparams")
+    if not isinstance(hparams, dict):
+        return {}
+    return {name: tuple(hparams[name]) if isinstance(hparams[name], list) else hparams[name]
+            for name in MODEL_HPARAMS if name in hparams}
+
+
+def model_variant(record: Record) -> dict[str, Any]:
+    """The record's MoE model hparams that differ from their defaults: empty for a dense backbone
+    and for the paper's GMoE."""
+    return {name: value for name, value in _model_hparams(record).items() if value != _MOE_DEFAULTS[name]}
+
+
+def method_label(algorithm: str, backbone: str | None = None, variant: dict[str, Any] | None = None) -> str:
+    """ "ALGORITHM (backbone, name=value, ...)", or the bare algorithm when there is nothing to add."""
+    parts = [backbone] if backbone else []
+    for name, value in (variant or {}).items():
+        shown = value if isinstance(value, str) else json.dumps(list(value) if isinstance(value, tuple) else value,
+                                                                separators=(",", ":"))
+        parts.append(f"{name}={shown}")
+    return f"{algorithm} ({', '.join(parts)})" if parts else algorithm
+
+
+def label_methods(records: list[Record]) -> list[Record]:
+    """Name each method by what makes it one, so that tables give it its own row and model selection
+    never mixes its runs: the same algorithm on two backbones, or on two MoE configurations, is two
+    methods. When the records span more than one backbone, labels read "ALGORITHM (backbone)"; when
+    an MoE model hparam (``moe.config.MODEL_HPARAMS``: top_k, router, moe_blocks...) takes more than
+    one value, the runs whose value is not the default add it ("SFMOE (top_k=2)"). A DomainBed sweep
+    (one backbone, one configuration) is unchanged; records labelled already are left as they are."""
+    def is_fresh(record: Record) -> bool:
+        return base_algorithm(record["args"]["algorithm"]) == record["args"]["algorithm"]
+
+    by_backbone = len({backbone_of(r) for r in records} - {None}) > 1
+    values: dict[str, set] = {}
+    for r in records:
+        for name, value in _model_hparams(r).items():
+            values.setdefault(name, set()).add(value)
+    varying = {name for name, seen in values.items() if len(seen) > 1}
+    if not by_backbone and not varying:
         return records
     labelled = []
     for r in records:
-        backbone = backbone_of(r)
-        if backbone is not None:
-            r = {**r, "args": {**r["args"], "algorithm": f"{r['args']['algorithm']} ({backbone})"}}
+        if is_fresh(r):
+            variant = {name: value for name, value in model_variant(r).items() if name in varying}
+            label = method_label(r["args"]["algorithm"], backbone_of(r) if by_backbone else None, variant)
+            r = {**r, "args": {**r["args"], "algorithm": label}}
         labelled.append(r)
     return labelled
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from ..algorithms import ALGORITHMS
 from ..data.catalog import CATALOG, DATASETS, describe_folder_dataset
-from .records import (Record, base_algorithm, group_by, label_algorithms_by_backbone, n_environments,
+from .records import (Record, base_algorithm, group_by, label_methods, n_environments,
                       selection_groups)
 from .selection import SELECTION_METHODS, LeaveOneOutSelectionMethod, SelectionMethod
 
@@ -60,8 +60,8 @@ def ordered_datasets(records: list[Record]) -> list[str]:
 
 
 def ordered_algorithms(records: list[Record]) -> list[str]:
-    """Algorithms (or "ALGORITHM (backbone)" labels) in registry order, then unknown ones in order
-    of first appearance; labels of one algorithm sorted by backbone."""
+    """Algorithms (or their labels, "ALGORITHM (backbone)", ``label_methods``) in registry order, then
+    unknown ones in order of first appearance; labels of one algorithm sorted."""
     present = list(dict.fromkeys(r["args"]["algorithm"] for r in records))
     order = {name: i for i, name in enumerate(registered_algorithms())}
     known = sorted((a for a in present if base_algorithm(a) in order), key=lambda a: (order[base_algorithm(a)], a))
@@ -324,7 +324,7 @@ def format_results(
     methods: tuple[type[SelectionMethod], ...] = SELECTION_METHODS,
 ) -> str:
     """The whole collect_results report: text, or a standalone LaTeX document."""
-    records = label_algorithms_by_backbone(records)
+    records = label_methods(records)
     if latex:
         lines = [
             "\\documentclass{article}",

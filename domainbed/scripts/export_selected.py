@@ -23,7 +23,7 @@ import re
 import shutil
 from pathlib import Path
 
-from ..results.records import base_algorithm, label_algorithms_by_backbone, load_records
+from ..results.records import base_algorithm, label_methods, load_records
 from ..results.selection import SELECTION_METHODS, Selection, selected_checkpoints
 from ..run.folder import RunFolder
 from ._cli import run_main
@@ -71,7 +71,7 @@ def export(input_dir: str, output_dir: str, method_names: list[str]) -> list[dic
     loaded = load_records(input_dir)
     if not loaded.records:
         raise FileNotFoundError(f"no records under {input_dir}; give the sweep's --output_dir")
-    records = label_algorithms_by_backbone(loaded.records)
+    records = label_methods(loaded.records)
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     lines = []

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..results.records import base_algorithm, label_algorithms_by_backbone, load_records, selection_groups
+from ..results.records import base_algorithm, label_methods, load_records, selection_groups
 from ..results.selection import SELECTION_METHODS
 from ._cli import run_main
 
@@ -27,10 +27,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def top_hparams_report(records: list[dict], dataset: str, algorithm: str, test_env: int) -> list[str]:
-    """DomainBed's report. When the records span several backbones, ``algorithm`` matches each
-    "ALGORITHM (backbone)" row of it, and each group names its row."""
+    """DomainBed's report. When the records span several backbones or MoE configurations,
+    ``algorithm`` matches each of its rows ("ALGORITHM (backbone)", ``label_methods``), and each
+    group names its row."""
     lines = [f"Total records: {len(records)}"]
-    labelled = label_algorithms_by_backbone(records)
+    labelled = label_methods(records)
     groups = [(key, group) for key, group in selection_groups(labelled).items()
               if key[1] == dataset and key[3] == test_env and algorithm in (key[2], base_algorithm(key[2]))]
     for method in SELECTION_METHODS:

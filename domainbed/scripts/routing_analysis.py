@@ -21,7 +21,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..results.records import label_algorithms_by_backbone, load_records
+from ..results.records import label_methods, load_records
 from ..moe.config import MoEConfig
 from ..results.selection import SELECTION_METHODS, selected_checkpoints
 from ._cli import run_main
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None):
     from .export_selected import model_of_checkpoint
 
     args = build_parser().parse_args(argv)
-    records = label_algorithms_by_backbone(load_records(args.input_dir).records)
+    records = label_methods(load_records(args.input_dir).records)
     method = SELECTION_METHODS[SELECTIONS[args.selection]]
     selected = {key: selection for key, selection in selected_checkpoints(records, method).items()
                 if key[1] == args.dataset}

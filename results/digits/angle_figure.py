@@ -11,7 +11,7 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
-from domainbed.results.records import label_algorithms_by_backbone, load_records
+from domainbed.results.records import label_methods, load_records
 from domainbed.results.selection import IIDAccuracySelectionMethod
 from domainbed.results.tables import mean_and_error, ordered_algorithms, sweep_results, trial_accuracies
 
@@ -24,7 +24,7 @@ def main() -> None:
     parser.add_argument("--input_dir", required=True)
     parser.add_argument("--output", required=True)
     args = parser.parse_args()
-    records = [r for r in label_algorithms_by_backbone(load_records(args.input_dir).records)
+    records = [r for r in label_methods(load_records(args.input_dir).records)
                if r["args"]["dataset"] == DATASET]
     results = sweep_results(records, IIDAccuracySelectionMethod)
     figure = Figure(figsize=(6.0, 3.8))

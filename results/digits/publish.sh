@@ -5,8 +5,11 @@
 # the tables report; a later session adds its trials to those of earlier ones); finished runs of a
 # trial still running go to pending/, so that the next session need not train them again.
 #
-#   results/digits/publish.sh [SWEEP_DIR] [PILOT_SWEEP_DIR]
-#       (defaults: results/digits/sweep, results/digits/pilot_sweep)
+#   results/digits/publish.sh [SWEEP_DIR] [PILOT_SWEEP_DIR] [ABLATIONS_SWEEP_DIR]
+#       (defaults: results/digits/sweep, results/digits/pilot_sweep, results/digits/ablations_sweep)
+#
+# The ablations (study.py's "ablations" design) go the same way to ablations/: runs/, pending/, their
+# tables, and statistics.txt that pairs each with the main study's SF-MoE row.
 #
 # To continue the study in a new checkout: copy the committed runs back into the sweep folder (their
 # folder names are the jobs' hashes, so the sweep skips them) and start the sweep again:
@@ -15,6 +18,7 @@
 set -euo pipefail
 SWEEP=${1:-results/digits/sweep}
 PILOT=${2:-results/digits/pilot_sweep}
+ABLATIONS=${3:-results/digits/ablations_sweep}
 HERE=results/digits
 PYTHON=${PYTHON:-python}
 
@@ -34,12 +38,24 @@ if [ -d "$PILOT" ]; then
   copy_finished "$PILOT" "$HERE/pilot/runs"
   "$PYTHON" "$HERE/pilot_report.py" --input_dir "$HERE/pilot/runs" --output_dir "$HERE/pilot" > /dev/null
 fi
-if [ -d "$SWEEP" ]; then
-  rm -rf "$HERE/pending"
+publish_design() {  # publish_design DESIGN SWEEP_DIR DEST: complete trials to DEST/runs, the rest to DEST/pending
+  rm -rf "$3/pending"
   for part in complete pending; do
-    dest=$HERE/runs; [ $part = pending ] && dest=$HERE/pending
-    "$PYTHON" "$HERE/study.py" main --sweep_dir "$SWEEP" --finished $part | while read -r run; do copy_run "$run" "$dest"; done
+    dest=$3/runs; [ $part = pending ] && dest=$3/pending
+    "$PYTHON" "$HERE/study.py" "$1" --sweep_dir "$2" --finished $part |
+      while read -r run; do copy_run "$run" "$dest"; done
   done
+}
+
+[ -d "$SWEEP" ] && publish_design main "$SWEEP" "$HERE"
+if [ -d "$ABLATIONS" ]; then
+  publish_design ablations "$ABLATIONS" "$HERE/ablations"
+  if [ -d "$HERE/ablations/runs" ]; then
+    "$PYTHON" -m domainbed.scripts.collect_results --input_dir "$HERE/ablations/runs" > "$HERE/ablations/tables.txt"
+    rm -f "$HERE/ablations/runs/results.txt"
+    "$PYTHON" "$HERE/study_statistics.py" --input_dir "$HERE/runs" "$HERE/ablations/runs" \
+      > "$HERE/ablations/statistics.txt"
+  fi
 fi
 
 "$PYTHON" -m domainbed.scripts.collect_results --input_dir "$HERE/runs" > "$HERE/tables.txt"

@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from domainbed.results.records import label_algorithms_by_backbone, load_records  # noqa: E402
+from domainbed.results.records import label_methods, load_records  # noqa: E402
 
 
 def training_seconds(run_records: list[dict]) -> float:
@@ -35,7 +35,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--input_dir", required=True)
     args = parser.parse_args()
-    records = label_algorithms_by_backbone(load_records(args.input_dir).records)
+    records = label_methods(load_records(args.input_dir).records)
     runs = defaultdict(list)
     for record in records:
         runs[(record["args"]["algorithm"], record["args"]["dataset"], record["args"]["output_dir"])].append(record)

@@ -3,7 +3,9 @@
 One place says what is run (README.md says why):
 
 - rows: ERM on the dense micro ViT, SF-MoE on its GMoE twin, ERM on the parameter-matched wide
-  ViT, Fish on the dense ViT and Fish on the GMoE twin;
+  ViT, Fish on the dense ViT and Fish on the GMoE twin; the ablations (design "ablations", after the
+  main study) are SF-MoE with one MoE setting changed each (top-2, linear router, every-two blocks,
+  12 experts), to be paired with the main study's SF-MoE row trial by trial;
 - RotatedDigits at 16 px (4 px patches: 16 patch tokens; the 8x8 digits lose no pixel), batch 16
   images per training domain, Adam;
 - the hparams search is a learning-rate grid: hparams_seed h trains with ``LR_GRID[h]`` and every
@@ -42,13 +44,22 @@ NOT_PINNED = ("lr", "image_size", "batch_size", "environment_shuffle_seed", "bac
 class Row:
     algorithm: str
     backbone: str
+    moe: tuple[tuple[str, object], ...] = ()  # MoE hparams set apart from the paper's GMoE (ablations)
 
     @property
     def label(self) -> str:
-        return f"{self.algorithm} ({self.backbone})"
+        """The row's name in the tables of the study's runs (``records.label_methods``)."""
+        sys.path.insert(0, os.getcwd())
+        from domainbed.results.records import method_label
+
+        return method_label(self.algorithm, self.backbone, dict(self.moe))
 
 
 ROWS = (Row("ERM", DENSE), Row("SFMOE", GMOE), Row("ERM", WIDE), Row("Fish", DENSE), Row("Fish", GMOE))
+# The paper's ablations, one change each from SF-MoE on the GMoE twin (top-1, cosine router, blocks
+# 2 and 4 of 6, 6 experts): that row of the main study is their baseline (same trials, same data).
+ABLATION_ROWS = (Row("SFMOE", GMOE, (("top_k", 2),)), Row("SFMOE", GMOE, (("router", "linear"),)),
+                 Row("SFMOE", GMOE, (("moe_blocks", "every2"),)), Row("SFMOE", GMOE, (("num_experts", 12),)))
 
 
 @dataclass(frozen=True)
@@ -62,6 +73,7 @@ class Design:
     sweep_dir: str
     trial_major: bool = False  # launch trial by trial (each trial complete before the next starts)
     order: tuple[int, ...] | None = None  # grid indices in launch order (default: the middle first)
+    rows: tuple[Row, ...] = ROWS
 
 
 DESIGNS = {
@@ -73,6 +85,9 @@ DESIGNS = {
     # (every row fits its training domains and held-out accuracy has stopped moving by then)
     "main": Design("main", (1e-4, 3e-4, 1e-3), steps=2000, checkpoint_freq=100, n_trials=5, test_envs=None,
                    sweep_dir="results/digits/sweep", trial_major=True),
+    # the ablations: the main study's budget, grid and trials (so each pairs with its SF-MoE row)
+    "ablations": Design("ablations", (1e-4, 3e-4, 1e-3), steps=2000, checkpoint_freq=100, n_trials=5, test_envs=None,
+                        sweep_dir="results/digits/ablations_sweep", trial_major=True, rows=ABLATION_ROWS),
 }
 
 
@@ -81,7 +96,7 @@ def pinned_hparams(row: Row) -> dict:
     sys.path.insert(0, os.getcwd())
     from domainbed.hparams_registry import resolve_hparams
 
-    base = {"backbone": row.backbone, "image_size": IMAGE_SIZE, "batch_size": BATCH_SIZE}
+    base = {"backbone": row.backbone, "image_size": IMAGE_SIZE, "batch_size": BATCH_SIZE, **dict(row.moe)}
     defaults = resolve_hparams(row.algorithm, DATASET, 0, 0, base)
     moved = set()
     for seed in range(1, 6):
@@ -106,9 +121,9 @@ def _launches_of(design: Design, order: list[int], n_trials: int) -> list[list[s
     commands = []
     for h in order:
         lr = design.lr_grid[h]
-        for row in ROWS:
+        for row in design.rows:
             hparams = {"backbone": row.backbone, "image_size": IMAGE_SIZE, "batch_size": BATCH_SIZE, "lr": lr,
-                       **pinned_hparams(row)}
+                       **dict(row.moe), **pinned_hparams(row)}
             command = ["launch", "--datasets", DATASET, "--algorithms", row.algorithm,
                        "--hparams", json.dumps(hparams, sort_keys=True),
                        "--n_hparams_from", str(h), "--n_hparams", str(h + 1), "--n_trials", str(n_trials),
@@ -126,7 +141,7 @@ def runs_per_trial(design: Design) -> int:
     from domainbed.data.catalog import num_environments
 
     n_envs = len(design.test_envs) if design.test_envs is not None else num_environments(DATASET)
-    return len(ROWS) * len(design.lr_grid) * n_envs
+    return len(design.rows) * len(design.lr_grid) * n_envs
 
 
 def finished_runs(design: Design, sweep_dir: str) -> dict[str, list[str]]:

@@ -1,5 +1,5 @@
 """The statistics behind the digits study's sentences: ``python results/digits/study_statistics.py
---input_dir results/digits/runs [--dataset RotatedDigits] > results/digits/statistics.txt``.
+--input_dir results/digits/runs [MORE_DIRS] [--dataset RotatedDigits] > results/digits/statistics.txt``.
 
 Model selection is DomainBed's training-domain validation (the checkpoint and learning rate with the
 best accuracy on the training domains' held-out splits). Everything is computed per trial first:
@@ -11,9 +11,11 @@ trials in which a row has every held-out domain count (with one trial there is n
    standard error, slightly larger than DomainBed's, which uses the population deviation), with
    the selected checkpoints' training-domain accuracy (the training splits: the fit) and
    training-domain validation accuracy beside the held-out accuracy.
-2. **Paired comparisons**: for each pair of rows, the per-trial differences (trials are
-   independent draws of the benchmark and both rows of a pair saw the same domains in a trial),
-   their mean, a 95% t-interval and a two-sided paired t-test; and the per-domain differences.
+2. **Paired comparisons**: for each pair of rows (the study's questions, and each ablation, a row
+   whose MoE configuration is not the paper's, against the row of the paper's configuration), the
+   per-trial differences (trials are independent draws of the benchmark and both rows of a pair saw
+   the same domains in a trial), their mean, a 95% t-interval and a two-sided paired t-test; and
+   the per-domain differences.
 3. **Held-out accuracy at equal fit**: one straight line, fitted over every checkpoint of every
    run of every row, predicts held-out accuracy from training-domain validation accuracy; a row's
    residual (held-out minus that prediction, at its selected checkpoints) says whether it
@@ -36,7 +38,8 @@ from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from domainbed.results.records import label_algorithms_by_backbone, load_records  # noqa: E402
+from domainbed.results.records import (backbone_of, base_algorithm, label_methods, load_records,  # noqa: E402
+                                       model_variant)
 from domainbed.results.selection import IIDAccuracySelectionMethod, selected_checkpoints  # noqa: E402
 
 COMPARISONS = (  # (row, baseline): the study's questions
@@ -75,8 +78,18 @@ def paired(a: dict[int, float], b: dict[int, float]) -> dict | None:
     return {"trials": trials, "diffs": diffs.tolist(), "mean": mean, "low": mean - half, "high": mean + half, "p": p}
 
 
+def ablation_comparisons(records: list[dict]) -> list[tuple[str, str]]:
+    """(ablation row, its baseline) for every labelled row whose MoE configuration is not the paper's:
+    the baseline is the row of the same algorithm and backbone in the paper's configuration."""
+    kinds = {r["args"]["algorithm"]: (base_algorithm(r["args"]["algorithm"]), backbone_of(r), bool(model_variant(r)))
+             for r in records}
+    baselines = {(algorithm, backbone): row for row, (algorithm, backbone, varied) in kinds.items() if not varied}
+    return [(row, baselines[(algorithm, backbone)]) for row, (algorithm, backbone, varied) in sorted(kinds.items())
+            if varied and (algorithm, backbone) in baselines]
+
+
 def analyse(records: list[dict], dataset: str) -> list[str]:
-    records = [r for r in label_algorithms_by_backbone(records) if r["args"]["dataset"] == dataset]
+    records = [r for r in label_methods(records) if r["args"]["dataset"] == dataset]
     n_envs = sum(key.endswith("_out_acc") and key.startswith("env") for key in records[0])
     by_run_step = {(r["args"]["output_dir"], r["step"]): r for r in records}
     selected = selected_checkpoints(records, IIDAccuracySelectionMethod)
@@ -100,9 +113,10 @@ def analyse(records: list[dict], dataset: str) -> list[str]:
                 for trial, envs in cells[row].items() if len(envs) == n_envs}
 
     rows = sorted(cells)
+    width = max(34, *map(len, rows))
     out = [f"{dataset}: training-domain validation selection; {len(records)} records. Mean +/- standard error over "
            "complete trials (sample s.d./sqrt(n)); accuracies in %.", ""]
-    out.append(f"{'row':34s} {'trials':>6s} {'held-out':>14s} {'train (fit)':>14s} {'train-val':>14s} "
+    out.append(f"{'row':{width}s} {'trials':>6s} {'held-out':>14s} {'train (fit)':>14s} {'train-val':>14s} "
                f"{'residual':>12s} {'last ckpt':>9s}")
     for row in rows:
         parts = []
@@ -112,13 +126,14 @@ def analyse(records: list[dict], dataset: str) -> list[str]:
             parts.append(f"{100 * mean:6.1f} +/- {error:>4s}" if measure != "residual"
                          else f"{100 * mean:+5.1f} +/- {error:>3s}")
         last = np.mean([cell["last_step"] for envs in cells[row].values() for cell in envs.values()])
-        out.append(f"{row:34s} {n:6d} {parts[0]:>14s} {parts[1]:>14s} {parts[2]:>14s} {parts[3]:>12s} {100 * last:8.0f}%")
+        out.append(f"{row:{width}s} {n:6d} {parts[0]:>14s} {parts[1]:>14s} {parts[2]:>14s} {parts[3]:>12s} "
+                   f"{100 * last:8.0f}%")
     out += ["", f"equal fit: held-out = {intercept:.3f} + {slope:.3f} x training-domain validation, fitted over "
                 f"{len(points)} checkpoints (every run, every row); residual = held-out minus this line at the "
                 "selected checkpoint", ""]
 
     out.append("Paired comparisons (per-trial differences of the rows' trial scores, in points):")
-    for a, b in COMPARISONS:
+    for a, b in [*COMPARISONS, *ablation_comparisons(records)]:
         if a not in cells or b not in cells:
             continue
         for measure, label in (("held_out", "held-out"), ("residual", "at equal fit")):
@@ -140,7 +155,7 @@ def analyse(records: list[dict], dataset: str) -> list[str]:
         out.append(f"    per held-out domain (mean +/- s.e. over trials): {'; '.join(per_domain)}")
     out += ["", "Learning rate selected (count over trials x held-out domains):"]
     for row in rows:
-        out.append(f"  {row:34s} " + ", ".join(f"{lr:g}: {n}" for lr, n in sorted(lr_wins[row].items())))
+        out.append(f"  {row:{width}s} " + ", ".join(f"{lr:g}: {n}" for lr, n in sorted(lr_wins[row].items())))
     out += ["", "Trained to a plateau? Over every run (all learning rates): median training-domain accuracy at the "
                 "last checkpoint, and median |change| of held-out accuracy between the last two checkpoints:"]
     runs: dict[str, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
@@ -153,17 +168,19 @@ def analyse(records: list[dict], dataset: str) -> list[str]:
             finals.append(split_accuracies(ordered[-1])["train"])
             if len(ordered) > 1:
                 changes.append(abs(split_accuracies(ordered[-1])["held_out"] - split_accuracies(ordered[-2])["held_out"]))
-        out.append(f"  {row:34s} {len(finals):4d} runs: training-domain accuracy {100 * np.median(finals):.1f}%, "
+        out.append(f"  {row:{width}s} {len(finals):4d} runs: training-domain accuracy {100 * np.median(finals):.1f}%, "
                    f"held-out change {100 * np.median(changes):.1f} points (largest {100 * max(changes):.1f})")
     return out
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--input_dir", required=True)
+    parser.add_argument("--input_dir", required=True, nargs="+",
+                        help="run folders; the ablations' with the main study's (their baseline row)")
     parser.add_argument("--dataset", default="RotatedDigits")
     args = parser.parse_args(argv)
-    print("\n".join(analyse(load_records(args.input_dir).records, args.dataset)))
+    records = [record for folder in args.input_dir for record in load_records(folder).records]
+    print("\n".join(analyse(records, args.dataset)))
 
 
 if __name__ == "__main__":
