@@ -118,3 +118,10 @@ def test_paired_comparison_is_the_t_interval_and_test_of_the_per_trial_differenc
     t = 0.06 / se  # with 2 degrees of freedom Student's two-sided p is 1 - t / sqrt(2 + t^2)
     assert math.isclose(result["p"], 1 - t / math.sqrt(2 + t * t), rel_tol=1e-9)
     assert statistics.paired({0: 0.8}, {0: 0.7}) is None  # one common trial: no interval, no test
+
+
+def test_holm_adjustment_is_the_step_down_bonferroni_in_the_given_order():
+    holm = _statistics_module().holm
+    # sorted: .01 x 4 = .04; .03 x 3 = .09; .04 x 2 = .08, raised to .09 (non-decreasing); .5 x 1
+    assert [round(p, 12) for p in holm([0.01, 0.04, 0.03, 0.5])] == [0.04, 0.09, 0.09, 0.5]
+    assert holm([0.6, 0.7]) == [1.0, 1.0]  # capped at 1

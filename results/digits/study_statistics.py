@@ -14,8 +14,9 @@ trials in which a row has every held-out domain count (with one trial there is n
 2. **Paired comparisons**: for each pair of rows (the study's questions, and each ablation, a row
    whose MoE configuration is not the paper's, against the row of the paper's configuration), the
    per-trial differences (trials are independent draws of the benchmark and both rows of a pair saw
-   the same domains in a trial), their mean, a 95% t-interval and a two-sided paired t-test; and
-   the per-domain differences.
+   the same domains in a trial), their mean, a 95% t-interval and a two-sided paired t-test (its p
+   also Holm-adjusted over all the tests printed, since a table of ten tests gives one p < 0.05 by
+   chance far more often than one in twenty); and the per-domain differences.
 3. **Held-out accuracy at equal fit**: one straight line, fitted over every checkpoint of every
    run of every row, predicts held-out accuracy from training-domain validation accuracy; a row's
    residual (held-out minus that prediction, at its selected checkpoints) says whether it
@@ -78,6 +79,17 @@ def paired(a: dict[int, float], b: dict[int, float]) -> dict | None:
     return {"trials": trials, "diffs": diffs.tolist(), "mean": mean, "low": mean - half, "high": mean + half, "p": p}
 
 
+def holm(p_values: list[float]) -> list[float]:
+    """Holm's step-down adjustment (family-wise error over all the tests given), in the given order:
+    the i-th smallest p times (m - i), made non-decreasing, capped at 1."""
+    order = np.argsort(p_values, kind="stable")
+    adjusted, running = np.empty(len(p_values)), 0.0
+    for rank, index in enumerate(order):
+        running = max(running, min(1.0, (len(p_values) - rank) * p_values[index]))
+        adjusted[index] = running
+    return adjusted.tolist()
+
+
 def ablation_comparisons(records: list[dict]) -> list[tuple[str, str]]:
     """(ablation row, its baseline) for every labelled row whose MoE configuration is not the paper's:
     the baseline is the row of the same algorithm and backbone in the paper's configuration."""
@@ -132,19 +144,25 @@ def analyse(records: list[dict], dataset: str) -> list[str]:
                 f"{len(points)} checkpoints (every run, every row); residual = held-out minus this line at the "
                 "selected checkpoint", ""]
 
-    out.append("Paired comparisons (per-trial differences of the rows' trial scores, in points):")
-    for a, b in [*COMPARISONS, *ablation_comparisons(records)]:
-        if a not in cells or b not in cells:
-            continue
-        for measure, label in (("held_out", "held-out"), ("residual", "at equal fit")):
-            result = paired(trial_scores(a, measure), trial_scores(b, measure))
+    pairs = [(a, b) for a, b in [*COMPARISONS, *ablation_comparisons(records)] if a in cells and b in cells]
+    measures = (("held_out", "held-out"), ("residual", "at equal fit"))
+    results = {(a, b, measure): paired(trial_scores(a, measure), trial_scores(b, measure))
+               for a, b in pairs for measure, _ in measures}
+    tested = [key for key, result in results.items() if result is not None and not np.isnan(result["p"])]
+    adjusted = dict(zip(tested, holm([results[key]["p"] for key in tested])))
+    out.append(f"Paired comparisons (per-trial differences of the rows' trial scores, in points; Holm: the p "
+               f"adjusted for the {len(tested)} tests below):")
+    for a, b in pairs:
+        for measure, label in measures:
+            result = results[(a, b, measure)]
             if result is None:
                 out.append(f"  {a} - {b} ({label}): fewer than 2 common complete trials")
                 continue
             diffs = ", ".join(f"{100 * d:+.1f}" for d in result["diffs"])
+            holm_p = f", Holm p = {adjusted[(a, b, measure)]:.3f}" if (a, b, measure) in adjusted else ""
             out.append(f"  {a} - {b} ({label}): {100 * result['mean']:+.1f} points, 95% CI "
-                       f"[{100 * result['low']:+.1f}, {100 * result['high']:+.1f}], paired t-test p = {result['p']:.3f}, "
-                       f"n = {len(result['trials'])} trials; per trial: {diffs}")
+                       f"[{100 * result['low']:+.1f}, {100 * result['high']:+.1f}], paired t-test p = {result['p']:.3f}"
+                       f"{holm_p}, n = {len(result['trials'])} trials; per trial: {diffs}")
         per_domain = []
         for env in range(n_envs):
             diffs = [cells[a][t][env]["held_out"] - cells[b][t][env]["held_out"]
