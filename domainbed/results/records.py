@@ -165,8 +165,7 @@ def method_label(algorithm: str, backbone: str | None = None, variant: dict[str,
     """ "ALGORITHM (backbone, name=value, ...)", or the bare algorithm when there is nothing to add."""
     parts = [backbone] if backbone else []
     for name, value in (variant or {}).items():
-        shown = value if isinstance(value, str) else json.dumps(list(value) if isinstance(value, tuple) else value,
-                                                                separators=(",", ":"))
+        shown = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))  # a tuple as a list
         parts.append(f"{name}={shown}")
     return f"{algorithm} ({', '.join(parts)})" if parts else algorithm
 
