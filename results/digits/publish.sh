@@ -13,7 +13,7 @@
 #
 # To continue the study in a new checkout: copy the committed runs back into the sweep folder (their
 # folder names are the jobs' hashes, so the sweep skips them) and start the sweep again:
-#   mkdir -p results/digits/sweep && cp -r results/digits/runs/* results/digits/pending/* results/digits/sweep/
+#   mkdir -p results/digits/sweep && cp -r results/digits/runs/* results/digits/sweep/   # and pending/*, if there is one
 #   OMP_NUM_THREADS=1 python results/digits/study.py main &   # one copy per core
 set -euo pipefail
 SWEEP=${1:-results/digits/sweep}
