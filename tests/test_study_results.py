@@ -28,9 +28,18 @@ def test_committed_statistics_and_costs_are_what_the_scripts_print():
     assert (STUDY / "costs.txt").read_text() == _script_output("run_costs.py", "--input_dir", str(STUDY / "runs"))
 
 
+def test_committed_ablation_results_are_what_the_scripts_print():
+    """The ablations' tables, their statistics (paired with the main study's SF-MoE row) and costs."""
+    ablations = STUDY / "ablations"
+    assert (ablations / "tables.txt").read_text() == format_results(load_records(ablations / "runs").records)
+    assert (ablations / "statistics.txt").read_text() == _script_output(
+        "study_statistics.py", "--input_dir", str(STUDY / "runs"), str(ablations / "runs"))
+    assert (ablations / "costs.txt").read_text() == _script_output("run_costs.py", "--input_dir", str(ablations / "runs"))
+
+
 def test_the_readmes_headline_numbers_are_the_committed_numbers():
     lines = set()
-    for name in ("tables.txt", "statistics.txt"):
+    for name in ("tables.txt", "statistics.txt", "ablations/tables.txt", "ablations/statistics.txt"):
         lines |= {line.rstrip() for line in (STUDY / name).read_text().splitlines()}
     for readme in (STUDY / "README.md", STUDY.parent.parent / "README.md"):
         quoted = [line for line in readme.read_text().splitlines() if line.startswith("    ") and "+/-" in line]

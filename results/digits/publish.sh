@@ -9,7 +9,7 @@
 #       (defaults: results/digits/sweep, results/digits/pilot_sweep, results/digits/ablations_sweep)
 #
 # The ablations (study.py's "ablations" design) go the same way to ablations/: runs/, pending/, their
-# tables, and statistics.txt that pairs each with the main study's SF-MoE row.
+# tables, statistics.txt that pairs each with the main study's SF-MoE row, and costs.txt.
 #
 # To continue the study in a new checkout: copy the committed runs back into the sweep folder (their
 # folder names are the jobs' hashes, so the sweep skips them) and start the sweep again:
@@ -55,6 +55,7 @@ if [ -d "$ABLATIONS" ]; then
     rm -f "$HERE/ablations/runs/results.txt"
     "$PYTHON" "$HERE/study_statistics.py" --input_dir "$HERE/runs" "$HERE/ablations/runs" \
       > "$HERE/ablations/statistics.txt"
+    "$PYTHON" "$HERE/run_costs.py" --input_dir "$HERE/ablations/runs" > "$HERE/ablations/costs.txt"
   fi
 fi
 

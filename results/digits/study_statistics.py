@@ -155,8 +155,11 @@ def analyse(records: list[dict], dataset: str) -> list[str]:
     for a, b in pairs:
         for measure, label in measures:
             result = results[(a, b, measure)]
-            if result is None:
-                out.append(f"  {a} - {b} ({label}): fewer than 2 common complete trials")
+            if result is None:  # no interval or test yet; still say what the common trial (if any) shows
+                scores_a, scores_b = trial_scores(a, measure), trial_scores(b, measure)
+                so_far = "".join(f"; trial {t}: {100 * (scores_a[t] - scores_b[t]):+.1f} points"
+                                 for t in sorted(set(scores_a) & set(scores_b)))
+                out.append(f"  {a} - {b} ({label}): fewer than 2 common complete trials, no interval or test{so_far}")
                 continue
             diffs = ", ".join(f"{100 * d:+.1f}" for d in result["diffs"])
             holm_p = f", Holm p = {adjusted[(a, b, measure)]:.3f}" if (a, b, measure) in adjusted else ""
