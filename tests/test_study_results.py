@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from domainbed.results.records import load_records
 from domainbed.results.tables import format_results
 
@@ -17,30 +19,29 @@ def _script_output(name: str, *args: str) -> str:
     return result.stdout
 
 
-def test_committed_tables_are_what_collect_results_prints_from_the_committed_records():
-    records = load_records(STUDY / "runs").records
-    assert (STUDY / "tables.txt").read_text() == format_results(records)
-    assert (STUDY / "tables.tex").read_text() == format_results(records, latex=True)
+# each study folder, and the records its statistics read (the ablations pair with the main study's rows)
+STUDIES = {"main": (STUDY, [STUDY / "runs"]),
+           "ablations": (STUDY / "ablations", [STUDY / "runs", STUDY / "ablations" / "runs"])}
 
 
-def test_committed_statistics_and_costs_are_what_the_scripts_print():
-    assert (STUDY / "statistics.txt").read_text() == _script_output("study_statistics.py", "--input_dir", str(STUDY / "runs"))
-    assert (STUDY / "costs.txt").read_text() == _script_output("run_costs.py", "--input_dir", str(STUDY / "runs"))
+@pytest.mark.parametrize("study", STUDIES)
+def test_committed_tables_statistics_and_costs_are_what_the_scripts_print(study):
+    folder, statistics_inputs = STUDIES[study]
+    assert (folder / "tables.txt").read_text() == format_results(load_records(folder / "runs").records)
+    assert (folder / "statistics.txt").read_text() == _script_output(
+        "study_statistics.py", "--input_dir", *map(str, statistics_inputs))
+    assert (folder / "costs.txt").read_text() == _script_output("run_costs.py", "--input_dir", str(folder / "runs"))
 
 
-def test_committed_ablation_results_are_what_the_scripts_print():
-    """The ablations' tables, their statistics (paired with the main study's SF-MoE row) and costs."""
-    ablations = STUDY / "ablations"
-    assert (ablations / "tables.txt").read_text() == format_results(load_records(ablations / "runs").records)
-    assert (ablations / "statistics.txt").read_text() == _script_output(
-        "study_statistics.py", "--input_dir", str(STUDY / "runs"), str(ablations / "runs"))
-    assert (ablations / "costs.txt").read_text() == _script_output("run_costs.py", "--input_dir", str(ablations / "runs"))
+def test_committed_latex_table_is_what_collect_results_prints():
+    assert (STUDY / "tables.tex").read_text() == format_results(load_records(STUDY / "runs").records, latex=True)
 
 
 def test_the_readmes_headline_numbers_are_the_committed_numbers():
     lines = set()
-    for name in ("tables.txt", "statistics.txt", "ablations/tables.txt", "ablations/statistics.txt"):
-        lines |= {line.rstrip() for line in (STUDY / name).read_text().splitlines()}
+    for folder, _ in STUDIES.values():
+        for name in ("tables.txt", "statistics.txt"):
+            lines |= {line.rstrip() for line in (folder / name).read_text().splitlines()}
     for readme in (STUDY / "README.md", STUDY.parent.parent / "README.md"):
         quoted = [line for line in readme.read_text().splitlines() if line.startswith("    ") and "+/-" in line]
         assert quoted, f"{readme} quotes no table line"
